@@ -1,0 +1,64 @@
+"""The ``kpfmasters`` command line: one sub-command a module in :mod:`kpfmasters.commands`.
+
+Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
+``run(args) -> int``. Errors raised on purpose (:class:`~kpfmasters.errors.KPFMastersError`)
+print one line naming the problem and exit with status 1; usage errors exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import KPFMastersError
+
+# name -> module under kpfmasters.commands
+COMMANDS = {
+    "simulate": "simulate",
+    "l0to2d": "l0to2d",
+    "select": "select",
+    "stack": "stack",
+    "db": "db",
+    "daily": "daily",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kpfmasters", description="KPF master calibration files: bias, dark, flat, arclamp."
+    )
+    parser.add_argument("--version", action="version", version=f"kpfmasters {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, modname in COMMANDS.items():
+        try:
+            module = importlib.import_module(f"kpfmasters.commands.{modname}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"kpfmasters.commands.{modname}":
+                raise
+            continue
+        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args._run(args) or 0)
+    except KPFMastersError as exc:
+        print(f"kpfmasters {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

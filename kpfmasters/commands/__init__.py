@@ -1,0 +1,1 @@
+"""Sub-commands of the ``kpfmasters`` command line (see :mod:`kpfmasters.cli`)."""

@@ -1,0 +1,38 @@
+"""Logging set-up for the thin Snakemake scripts: everything goes to the rule's log file."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@contextmanager
+def script_logging(log_path: str | Path | None, name: str = "kpfmasters"):
+    """Send log records of ``kpfmasters.*`` to ``log_path`` (and stderr) for one job.
+
+    An exception escaping the block is logged with its message before it propagates, so the
+    rule's log file says why the job failed.
+    """
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    root = logging.getLogger("kpfmasters")
+    root.setLevel(logging.INFO)
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(FORMAT))
+        root.addHandler(handler)
+    log = logging.getLogger(name)
+    try:
+        yield log
+    except Exception as exc:
+        log.error("%s", exc)
+        raise
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()

@@ -1,0 +1,75 @@
+"""File names: L0 inputs, 2D intermediates and master products (SPEC sections 1, 2, 5)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from pathlib import Path
+
+L0_NAME_RE = re.compile(r"^KP\.(?P<date>\d{8})\.(?P<seconds>\d{5}\.\d{2})\.fits$")
+MASTER_TYPES = ("bias", "dark", "flat", "arclamp")
+_SAFE_TAG_RE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def parse_l0_name(name: str, night: str) -> tuple[bool, str]:
+    """Decide whether ``name`` is an L0 file of ``night``.
+
+    Returns ``(True, "")`` for a valid name, else ``(False, reason)`` for the log.
+    """
+    if "-" in name:
+        return False, "re-delivered file (name contains '-')"
+    match = L0_NAME_RE.match(name)
+    if not match:
+        return False, "name does not match KP.YYYYMMDD.SSSSS.ss.fits"
+    if match.group("date") != night:
+        return False, f"date in name ({match.group('date')}) differs from the night ({night})"
+    if float(match.group("seconds")) >= 86400.0:
+        return False, "seconds after UT midnight out of range"
+    return True, ""
+
+
+def l0_stem(name: str) -> str:
+    """``KP.20230606.12345.67.fits`` -> ``KP.20230606.12345.67``."""
+    return name[:-5] if name.endswith(".fits") else name
+
+
+def two_d_name(l0_name: str) -> str:
+    """Name of the 2D file made from an L0 file (SPEC section 2)."""
+    return f"{l0_stem(l0_name)}_2D.fits"
+
+
+def object_tag(obj: str) -> str:
+    """A file-name-safe, unique tag for an OBJECT value.
+
+    Values made only of ``[A-Za-z0-9._+-]`` are used as they are (``autocal-une-sky``).
+    Anything else (spaces, slashes, quotes, non-ASCII) is folded to ASCII, unsafe runs become
+    ``_``, and an 8-hex-digit hash of the exact value is appended so two different OBJECT
+    values can never share a file name.
+    """
+    if obj and _SAFE_TAG_RE.search(obj) is None and not obj.startswith("."):
+        return obj
+    folded = unicodedata.normalize("NFKD", obj).encode("ascii", "ignore").decode()
+    safe = _SAFE_TAG_RE.sub("_", folded).strip("._") or "object"
+    digest = hashlib.sha256(obj.encode("utf-8")).hexdigest()[:8]
+    return f"{safe[:48]}_{digest}"
+
+
+def master_name(date: str, mtype: str, obj: str | None = None) -> str:
+    """``kpf_<date>_master_<type>.fits``; arclamps take the OBJECT tag (:func:`object_tag`)."""
+    if mtype not in MASTER_TYPES:
+        raise ValueError(f"unknown master type {mtype!r}; expected one of {MASTER_TYPES}")
+    if mtype == "arclamp":
+        if obj is None:
+            raise ValueError("an arclamp master needs its OBJECT value")
+        return f"kpf_{date}_master_arclamp_{object_tag(obj)}.fits"
+    return f"kpf_{date}_master_{mtype}.fits"
+
+
+def master_path(masters_root: str | Path, date: str, mtype: str, obj: str | None = None) -> Path:
+    return Path(masters_root) / date / master_name(date, mtype, obj)
+
+
+MASTER_NAME_RE = re.compile(
+    r"^kpf_(?P<date>\d{8})_master_(?P<type>bias|dark|flat|arclamp)(?:_(?P<tag>.+))?\.fits$"
+)
