@@ -1,0 +1,70 @@
+"""Finding the master bias, dark or flat a night's later masters are calibrated with.
+
+A night that makes its own predecessor uses it. Otherwise the nearest master of that type in
+time is used (ties go to the earlier night) within a maximum age, from the masters directory
+(or from the calibration database, see :mod:`kpfmasters.db`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import NoPredecessorError
+from .naming import MASTER_NAME_RE, master_path
+
+
+def night_date(date: str) -> dt.date:
+    return dt.datetime.strptime(date, "%Y%m%d").date()
+
+
+def days_between(a: str, b: str) -> int:
+    return abs((night_date(a) - night_date(b)).days)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    date: str
+    path: Path
+    pending: bool = False  # made by this run, not on disk yet
+
+
+def masters_on_disk(masters_root: str | Path, mtype: str) -> list[Candidate]:
+    """Every ``kpf_<date>_master_<mtype>.fits`` under ``masters_root/<date>/``."""
+    root = Path(masters_root)
+    found = []
+    if not root.is_dir():
+        return found
+    for night in root.iterdir():
+        if not (night.is_dir() and night.name.isdigit() and len(night.name) == 8):
+            continue
+        path = master_path(root, night.name, mtype)
+        if path.is_file():
+            match = MASTER_NAME_RE.match(path.name)
+            if match and match.group("type") == mtype:
+                found.append(Candidate(night.name, path))
+    return found
+
+
+def nearest(
+    date: str, mtype: str, candidates: list[Candidate], max_age_days: int | None
+) -> Candidate:
+    """The candidate nearest to ``date`` (ties to the earlier night) within the age limit.
+
+    Raises :class:`NoPredecessorError` saying what was looked at when nothing qualifies.
+    """
+    others = [c for c in candidates if c.date != date]
+    ranked = sorted(others, key=lambda c: (days_between(c.date, date), c.date))
+    for cand in ranked:
+        if max_age_days is None or days_between(cand.date, date) <= max_age_days:
+            return cand
+    if not ranked:
+        detail = "none exists"
+    else:
+        best = ranked[0]
+        detail = (
+            f"the nearest ({best.path.name}) is {days_between(best.date, date)} days away, "
+            f"more than the maximum age of {max_age_days} days"
+        )
+    raise NoPredecessorError(f"night {date} has no master {mtype} of its own and {detail}")

@@ -1,0 +1,187 @@
+"""What the Snakemake rules ask of a night: targets, inputs, parameters and resources.
+
+:class:`Plans` holds one :class:`~kpfmasters.selection.NightPlan` per night (headers scanned
+once, through the night's index file) and answers the input functions of ``rules/*.smk``.
+It is plain Python so the workflow's decisions are tested without Snakemake.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from . import __version__
+from .config import config_hash
+from .errors import KPFMastersError, NoPredecessorError
+from .naming import master_name, two_d_name
+from .night import scan_night
+from .predecessors import Candidate, masters_on_disk, nearest
+from .selection import NightPlan, Selection, plan_night
+
+PREDECESSORS = {"dark": ("bias",), "flat": ("bias", "dark"), "arclamp": ("bias", "dark", "flat")}
+
+
+class Plans:
+    """Per-night selection plans and the answers the rules need from them.
+
+    ``cfg`` is a normalised configuration (:func:`kpfmasters.config.normalize_config`);
+    ``log`` has ``info``/``warning``/``error`` (Snakemake's logger in the workflow).
+    Selection lines are logged once per night, in the main process only.
+    """
+
+    def __init__(self, cfg: dict, main_process: bool = True, log=None, db_lookup=None):
+        self.cfg = cfg
+        self.main_process = main_process
+        self.log = log
+        self.db_lookup = db_lookup
+        self._plans: dict[str, NightPlan] = {}
+        self._reported: set[str] = set()
+
+    # -- paths -----------------------------------------------------------------------------
+    def index_path(self, date: str) -> str:
+        return f"{self.cfg['work_root']}/index/{date}.json"
+
+    def master_path(self, date: str, mtype: str, tag: str | None = None) -> str:
+        obj = self.selection(date, "arclamp", tag).obj if mtype == "arclamp" else None
+        return f"{self.cfg['masters_root']}/{date}/{master_name(date, mtype, obj)}"
+
+    def twod_path(self, date: str, l0_name: str) -> str:
+        return f"{self.cfg['work_root']}/2D/{date}/{two_d_name(l0_name)}"
+
+    def amp_geometry(self) -> dict:
+        amp = self.cfg["amplifier"]
+        return {
+            "prescan": amp["prescan"],
+            "serial_overscan": amp["serial_overscan"],
+            "parallel_overscan": amp["parallel_overscan"],
+            "edge_skip": amp["overscan_edge_skip"],
+            "nsigma": amp["overscan_nsigma"],
+        }
+
+    # -- plans -----------------------------------------------------------------------------
+    def plan(self, date: str) -> NightPlan:
+        if date not in self._plans:
+            frames, ignored = scan_night(
+                self.cfg["l0_root"], date, self.index_path(date), self.amp_geometry()
+            )
+            self._plans[date] = plan_night(frames, ignored, date, self.cfg)
+        return self._plans[date]
+
+    def selection(self, date: str, mtype: str, tag: str | None = None) -> Selection:
+        sel = self.plan(date).get(mtype, tag if mtype == "arclamp" else None)
+        if sel is None:
+            what = f"arclamp with OBJECT tag {tag!r}" if mtype == "arclamp" else mtype
+            raise KPFMastersError(f"night {date} has no {what} frames")
+        return sel
+
+    def frames_2d(self, date: str, mtype: str, tag: str | None = None) -> list[str]:
+        sel = self.selection(date, mtype, tag)
+        if not sel.buildable:
+            raise KPFMastersError(sel.why_not())
+        return [self.twod_path(date, f.name) for f in sel.used]
+
+    def predecessor(self, date: str, mtype: str) -> str:
+        """Path of the master ``mtype`` that ``date``'s later masters are calibrated with."""
+        if self.selection(date, mtype).buildable:
+            return self.master_path(date, mtype)
+        max_age = self.cfg["predecessors"]["max_age_days"]
+        if self.db_lookup is not None:
+            return str(self.db_lookup(date, mtype, max_age))
+        candidates = {c.date: c for c in masters_on_disk(self.cfg["masters_root"], mtype)}
+        for night in self.cfg["nights"]:
+            if night not in candidates and night != date:
+                if self.selection(night, mtype).buildable:
+                    path = Path(self.master_path(night, mtype))
+                    candidates[night] = Candidate(night, path, pending=True)
+        return str(nearest(date, mtype, list(candidates.values()), max_age).path)
+
+    def master_params(self, date: str, mtype: str, tag: str | None = None) -> dict:
+        sel = self.selection(date, mtype, tag)
+        settings = self.cfg["masters"][mtype]
+        effective = {
+            "master": settings,
+            "amplifier": self.cfg["amplifier"],
+            "adc_scale": self.cfg["adc_scale"],
+            "min_frames": self.cfg["min_frames"],
+            "flag_fraction": self.cfg["flag_fraction"],
+        }
+        return {
+            "mtype": mtype,
+            "obj": sel.obj,
+            "rows": sel.rows(),
+            "settings": settings,
+            "flag_fraction": self.cfg["flag_fraction"],
+            "version": __version__,
+            "cfghash": config_hash(__version__, effective),
+        }
+
+    # -- targets ---------------------------------------------------------------------------
+    def night_targets(self, date: str) -> list[str]:
+        """Every master of ``date`` that can be made; logs why any other is not made."""
+        plan = self.plan(date)
+        report = self.main_process and date not in self._reported
+        self._reported.add(date)
+        if report and self.log:
+            for line in plan.log_lines():
+                self.log.info(line)
+        if not plan.frames:
+            if report and self.log:
+                self.log.warning(f"night {date}: no L0 files under {self.cfg['l0_root']}/{date}")
+            return []
+        targets = []
+        for key, sel in plan.selections.items():
+            if not sel.buildable:
+                if report and self.log:
+                    self.log.warning(sel.why_not())
+                continue
+            try:
+                for needed in PREDECESSORS.get(sel.mtype, ()):
+                    self.predecessor(date, needed)
+            except NoPredecessorError as exc:
+                if report and self.log:
+                    self.log.error(f"master {sel.label} for {date} not made: {exc}")
+                continue
+            targets.append(self.master_path(date, sel.mtype, sel.tag))
+        return targets
+
+    def all_targets(self) -> list[str]:
+        out = []
+        for date in self.cfg["nights"]:
+            masters = self.night_targets(date)
+            out.extend(masters)
+            if masters:
+                out.append(f"{self.cfg['work_root']}/selection/{date}.txt")
+                if self.cfg["database"]["enabled"]:
+                    out.append(f"{self.cfg['work_root']}/registered/{date}.json")
+        return out
+
+    def masters_of_night(self, date: str) -> list[str]:
+        return self.night_targets(date)
+
+    # -- resources -------------------------------------------------------------------------
+    def _pixels(self, frames) -> tuple[int, int]:
+        """(largest CCD pixel count, number of CCD-like extensions) over ``frames``."""
+        npix, next_ = 0, 0
+        for frame in frames:
+            sizes = [r * c for r, c in frame.ccd_shapes.values()]
+            if sizes:
+                npix = max(npix, max(sizes))
+                next_ = max(next_, len(sizes))
+        return npix, next_
+
+    def l0_mem_mb(self, date: str, stem: str, attempt: int = 1) -> int:
+        frames = [f for f in self.plan(date).frames if f.stem == stem]
+        npix, _ = self._pixels(frames)
+        return int((300 + 24 * npix / 2**20) * attempt)
+
+    def stack_mem_mb(self, date: str, mtype: str, tag: str | None, attempt: int = 1) -> int:
+        sel = self.selection(date, mtype, tag)
+        npix, next_ = self._pixels(sel.used)
+        per_ext = 16 + 8 * len(PREDECESSORS.get(mtype, ())) + (16 if mtype == "flat" else 0)
+        band = self.cfg["stack"]["memory_mb"] or 384
+        return int((300 + band + per_ext * max(next_, 1) * npix / 2**20) * attempt)
+
+    def stack_runtime(self, date: str, mtype: str, tag: str | None) -> int:
+        sel = self.selection(date, mtype, tag)
+        npix, next_ = self._pixels(sel.used)
+        return 10 + math.ceil(len(sel.used) * next_ * npix / 2e9)

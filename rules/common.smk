@@ -1,0 +1,95 @@
+# Input functions and helpers shared by every rule. No rule lives here.
+import os
+import sys
+from functools import lru_cache
+
+# The package is importable from the checkout, installed or not (conda envs, cluster jobs).
+sys.path.insert(0, workflow.basedir)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [workflow.basedir] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+)
+
+from snakemake.logging import logger
+from snakemake.utils import validate
+
+from kpfmasters import __version__
+from kpfmasters import workflow_support as ws
+from kpfmasters.config import normalize_config
+from kpfmasters.errors import KPFMastersError
+
+validate(config, "../schemas/config.schema.yaml")
+try:
+    CFG = normalize_config(config)
+except KPFMastersError as exc:
+    raise WorkflowError(str(exc))
+
+NIGHTS = CFG["nights"]
+if not NIGHTS:
+    raise WorkflowError(
+        "no night given: run with --config date=YYYYMMDD (one night) or "
+        "dates=YYYYMMDD..YYYYMMDD (a range)"
+    )
+
+L0_ROOT = CFG["l0_root"]
+WORK = CFG["work_root"]
+MASTERS = CFG["masters_root"]
+PLANS = ws.Plans(CFG, main_process=workflow.is_main_process, log=logger)
+
+
+wildcard_constraints:
+    date=r"\d{8}",
+    stem=r"KP\.\d{8}\.\d{5}\.\d{2}",
+    tag=r"[A-Za-z0-9._+-]+",
+
+
+def all_targets():
+    return PLANS.all_targets()
+
+
+def frames_2d(mtype):
+    """Input function: the 2D files a master stacks, in stacking order."""
+
+    def inputs(wildcards):
+        return PLANS.frames_2d(wildcards.date, mtype, wildcards.get("tag"))
+
+    return inputs
+
+
+def predecessor(mtype):
+    """Input function: the master bias/dark/flat a later master is calibrated with."""
+
+    def inputs(wildcards):
+        return PLANS.predecessor(wildcards.date, mtype)
+
+    return inputs
+
+
+def master_params(mtype):
+    """Rule parameters: what the master is made from and how (a change rebuilds it)."""
+
+    def params(wildcards):
+        return PLANS.master_params(wildcards.date, mtype, wildcards.get("tag"))
+
+    return params
+
+
+def stack_mem_mb(mtype):
+    def mem(wildcards, attempt):
+        return PLANS.stack_mem_mb(wildcards.date, mtype, wildcards.get("tag"), attempt)
+
+    return mem
+
+
+def l0_mem_mb(wildcards, attempt):
+    return PLANS.l0_mem_mb(wildcards.date, wildcards.stem, attempt)
+
+
+def stack_runtime(mtype):
+    def runtime(wildcards):
+        return PLANS.stack_runtime(wildcards.date, mtype, wildcards.get("tag"))
+
+    return runtime
+
+
+def selection_lines(wildcards):
+    return PLANS.plan(wildcards.date).log_lines()

@@ -1,0 +1,23 @@
+rule master_flat:
+    """Stack bias-, dark-corrected flats and normalise per orderlet with the order mask."""
+    input:
+        frames=frames_2d("flat"),
+        bias=predecessor("bias"),
+        dark=predecessor("dark"),
+        order_mask=CFG["order_mask"],
+    output:
+        f"{MASTERS}/{{date}}/kpf_{{date}}_master_flat.fits",
+    log:
+        f"{WORK}/logs/{{date}}/master_flat.log",
+    benchmark:
+        f"{WORK}/benchmarks/{{date}}/master_flat.tsv"
+    conda:
+        "../envs/kpfmasters.yaml"
+    threads: CFG["stack"]["threads"]
+    resources:
+        mem_mb=stack_mem_mb("flat"),
+        runtime=stack_runtime("flat"),
+    params:
+        master=master_params("flat"),
+    script:
+        "../scripts/master_flat.py"

@@ -1,0 +1,22 @@
+rule l0_to_2d:
+    """One L0 frame -> its 2D image in electrons (SPEC section 2)."""
+    input:
+        l0=f"{L0_ROOT}/{{date}}/{{stem}}.fits",
+    output:
+        f"{WORK}/2D/{{date}}/{{stem}}_2D.fits",
+    log:
+        f"{WORK}/logs/{{date}}/2D/{{stem}}.log",
+    benchmark:
+        f"{WORK}/benchmarks/{{date}}/2D/{{stem}}.tsv"
+    conda:
+        "../envs/kpfmasters.yaml"
+    threads: 1
+    resources:
+        mem_mb=l0_mem_mb,
+        runtime=10,
+    params:
+        geometry=PLANS.amp_geometry(),
+        adc_scale=CFG["adc_scale"],
+        version=__version__,
+    script:
+        "../scripts/l0_to_2d.py"

@@ -1,0 +1,5 @@
+"""Snakemake script of rule master_arclamp: see kpfmasters.masters.build_master."""
+
+from kpfmasters.jobs import run_master
+
+run_master(snakemake, "arclamp")
