@@ -202,7 +202,7 @@ def build_master(job: MasterJob) -> dict:
         raise ValueError(
             f"{len(job.frames)} 2D frames given but {len(used_rows)} INPUTS rows marked USED"
         )
-    for row, path in zip(used_rows, job.frames):
+    for row, path in zip(used_rows, job.frames, strict=True):
         if Path(path).name != row["FILENAME"]:
             raise ValueError(f"2D frame {path} does not match INPUTS row {row['FILENAME']}")
     exptimes = [float(r["EXPTIME"]) for r in used_rows]

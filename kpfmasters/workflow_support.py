@@ -129,7 +129,7 @@ class Plans:
                 self.log.warning(f"night {date}: no L0 files under {self.cfg['l0_root']}/{date}")
             return []
         targets = []
-        for key, sel in plan.selections.items():
+        for sel in plan.selections.values():
             if not sel.buildable:
                 if report and self.log:
                     self.log.warning(sel.why_not())
