@@ -5,8 +5,10 @@ from functools import lru_cache
 
 # The package is importable from the checkout, installed or not (conda envs, cluster jobs).
 sys.path.insert(0, workflow.basedir)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [workflow.basedir] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        [workflow.basedir] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+    )
 )
 
 from snakemake.logging import logger
