@@ -1,0 +1,97 @@
+"""The night index: header scan, structural checks, ignored names, cache reuse."""
+
+import json
+import os
+
+import numpy as np
+from astropy.io import fits
+
+from kpfmasters.night import scan_night
+
+DATE = "20230606"
+GEOM = {"prescan": 4, "serial_overscan": 50, "parallel_overscan": 30}
+
+
+def write_l0(path, amps=2, gain=5.0, shape=(46, 62), drop=None, cahk=True, **header):
+    prim = fits.Header({"IMTYPE": "Bias", "OBJECT": "autocal-bias", "EXPTIME": 0.0,
+                        "MJD-OBS": 60101.5, "DATE-OBS": "2023-06-06T12:00:00", **header})
+    hdus = [fits.PrimaryHDU(header=prim)]
+    for ccd in ("GREEN", "RED"):
+        for n in range(1, amps + 1):
+            name = f"{ccd}_AMP{n}"
+            if name == drop:
+                continue
+            h = fits.Header()
+            if gain is not None:
+                h["CCDGAIN"] = gain
+            hdus.append(fits.ImageHDU(np.zeros(shape, np.int32), header=h, name=name))
+    if cahk:
+        hdus.append(fits.ImageHDU(np.zeros((8, 16), np.int32), name="CA_HK"))
+    fits.HDUList(hdus).writeto(path)
+    return path
+
+
+def test_scan_shapes_problems_and_ignored(tmp_path):
+    night = tmp_path / DATE
+    night.mkdir()
+    write_l0(night / f"KP.{DATE}.00100.00.fits")
+    write_l0(night / f"KP.{DATE}.00200.00.fits", amps=4)
+    write_l0(night / f"KP.{DATE}.00300.00.fits", drop="RED_AMP2")
+    write_l0(night / f"KP.{DATE}.00400.00.fits", gain=None)
+    write_l0(night / f"KP.{DATE}.00500.00.fits", shape=(20, 40))
+    (night / f"KP.{DATE}.00600.00.fits").write_bytes(b"")
+    (night / f"KP.{DATE}.00700.00.fits").write_text("SIMPLE = not really a FITS file\n" * 10)
+    good = (night / f"KP.{DATE}.00100.00.fits").read_bytes()
+    (night / f"KP.{DATE}.00800.00.fits").write_bytes(good[: len(good) - 2880])
+    write_l0(night / f"KP.{DATE}.00900.00-1.fits")
+    write_l0(night / f"KP.20230607.00900.00.fits")
+    frames, ignored = scan_night(tmp_path, DATE, tmp_path / "index.json", GEOM)
+    by = {f.name[12:17]: f for f in frames}
+    assert sorted(by) == ["00100", "00200", "00300", "00400", "00500", "00600", "00700", "00800"]
+    assert by["00100"].problem == ""
+    assert by["00100"].ccd_shapes == {"GREEN_CCD": [16, 16], "RED_CCD": [16, 16], "CA_HK": [8, 16]}
+    assert by["00200"].ccd_shapes["GREEN_CCD"] == [32, 16]
+    assert "RED_AMP2 missing" in by["00300"].problem
+    assert "CCDGAIN missing" in by["00400"].problem
+    assert "too small" in by["00500"].problem
+    assert "empty file" in by["00600"].problem
+    assert "not a readable FITS file" in by["00700"].problem
+    assert "truncated" in by["00800"].problem
+    assert by["00100"].header["IMTYPE"] == "Bias" and by["00100"].mjd == 60101.5
+    reasons = dict(ignored)
+    assert "re-delivered" in reasons[f"KP.{DATE}.00900.00-1.fits"]
+    assert "differs from the night" in reasons["KP.20230607.00900.00.fits"]
+
+
+def test_index_is_reused_until_a_file_changes(tmp_path, monkeypatch):
+    night = tmp_path / DATE
+    night.mkdir()
+    a = write_l0(night / f"KP.{DATE}.00100.00.fits")
+    write_l0(night / f"KP.{DATE}.00200.00.fits")
+    index = tmp_path / "work" / "index.json"
+    scan_night(tmp_path, DATE, index, GEOM)
+    assert len(json.loads(index.read_text())["frames"]) == 2
+
+    import kpfmasters.night as night_mod
+
+    calls = []
+    real = night_mod.read_frame
+    monkeypatch.setattr(night_mod, "read_frame", lambda p, g: calls.append(p.name) or real(p, g))
+    mtime = index.stat().st_mtime_ns
+    frames, _ = scan_night(tmp_path, DATE, index, GEOM)
+    assert calls == [] and len(frames) == 2 and index.stat().st_mtime_ns == mtime
+    with fits.open(a, mode="update") as hdul:
+        hdul[0].header["EXPTIME"] = 5.0
+    os.utime(a, ns=(a.stat().st_atime_ns, a.stat().st_mtime_ns + 10**9))
+    write_l0(night / f"KP.{DATE}.00300.00.fits")
+    frames, _ = scan_night(tmp_path, DATE, index, GEOM)
+    assert sorted(calls) == [a.name, f"KP.{DATE}.00300.00.fits"]
+    assert {f.name: f.header["EXPTIME"] for f in frames}[a.name] == 5.0
+    # a different geometry invalidates the whole index
+    calls.clear()
+    scan_night(tmp_path, DATE, index, {**GEOM, "prescan": 2})
+    assert len(calls) == 3
+
+
+def test_missing_night_directory_is_empty(tmp_path):
+    assert scan_night(tmp_path, DATE, None, GEOM) == ([], [])
