@@ -1,0 +1,51 @@
+"""``kpfmasters l0to2d L0FILE [-o OUT] [--config config.yaml]``: one L0 file -> its 2D file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import load_config
+from ..errors import InputError
+from ..l0to2d import AmpGeometry, convert_l0, describe
+from ..naming import L0_NAME_RE, two_d_name
+
+HELP = "convert one L0 file into its 2D image in electrons (overscan-subtracted, tiled)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "l0file", metavar="L0FILE", help="the L0 FITS file (KP.YYYYMMDD.SSSSS.ss.fits)"
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="2D file to write (default: <work_root>/2D/<YYYYMMDD>/<L0 name>_2D.fits)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="CONFIG",
+        help="configuration file (default: the checkout's config.yaml)",
+    )
+
+
+def default_output(l0file: str | Path, work_root: str | Path) -> Path:
+    """``<work_root>/2D/<YYYYMMDD>/<stem>_2D.fits``, the date taken from the L0 file name."""
+    name = Path(l0file).name
+    match = L0_NAME_RE.match(name)
+    if not match:
+        raise InputError(
+            l0file,
+            "name is not KP.YYYYMMDD.SSSSS.ss.fits, so the night of its 2D file is unknown; "
+            "give the output file with -o OUT",
+        )
+    return Path(work_root) / "2D" / match.group("date") / two_d_name(name)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    out = Path(args.output) if args.output else default_output(args.l0file, cfg["work_root"])
+    report = convert_l0(args.l0file, out, AmpGeometry.from_config(cfg), cfg["adc_scale"])
+    print(describe(report))
+    return 0

@@ -1,0 +1,332 @@
+"""L0 -> 2D: amplifiers in scaled DN -> one overscan-subtracted CCD image in electrons.
+
+SPEC section 2, for each CCD (GREEN, RED):
+
+1. ``e = raw / adc_scale * CCDGAIN`` per amplifier, float64.
+2. Orient: flip AMP2 left-right, AMP3 up-down, AMP4 both, so every amplifier reads
+   prescan | data | serial overscan, with the parallel-overscan rows last.
+3. Overscan level per amplifier: :func:`clipped_mean` of the strip of all rows and columns
+   ``[prescan + ndata + edge_skip, ncols - edge_skip)``; subtract it.
+4. Keep rows ``[0, nrows - parallel_overscan)`` and columns ``[prescan, prescan + ndata)``,
+   undo the flip, tile: AMP1 bottom-left (lowest row indices), AMP2 bottom-right, AMP3
+   top-left, AMP4 top-right; 2 amplifiers: AMP1 | AMP2 side by side at full height.
+
+``ndata = ncols - prescan - serial_overscan``: the data size is what remains of the image, so
+small simulated frames go through the same code as real 4110 x 2094 amplifiers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from .errors import ConfigError, InputError
+from .fitsutil import write_fits
+from .l0read import CCDS, amp_data, amp_gain, find_amps, open_l0
+
+log = logging.getLogger(__name__)
+
+# Rows converted per step: the float64 scratch block (ROW_BLOCK x ncols) stays in cache.
+ROW_BLOCK = 64
+# Big-endian float32, as FITS stores it: astropy then writes and checksums without a byteswap.
+FITS_FLOAT32 = np.dtype(">f4")
+AMPS_KEYWORD = {"GREEN": "GRNAMPS", "RED": "REDAMPS"}
+
+
+@dataclass(frozen=True)
+class AmpGeometry:
+    """Amplifier layout, in pixels (columns for the first two, rows for the third).
+
+    ``edge_skip`` columns are skipped at each edge of the serial overscan; ``nsigma`` is the
+    clip k of the overscan level.
+    """
+
+    prescan: int = 4
+    serial_overscan: int = 50
+    parallel_overscan: int = 30
+    edge_skip: int = 5
+    nsigma: float = 2.1
+
+    def __post_init__(self):
+        for name in ("prescan", "serial_overscan", "parallel_overscan", "edge_skip"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ConfigError(f"amplifier geometry {name}: {value!r} is not an integer >= 0")
+        if self.serial_overscan <= 2 * self.edge_skip:
+            raise ConfigError(
+                f"amplifier geometry: serial_overscan ({self.serial_overscan}) must exceed "
+                f"2 * overscan_edge_skip ({2 * self.edge_skip}) to leave an overscan strip"
+            )
+        if not (isinstance(self.nsigma, (int, float)) and self.nsigma > 0):
+            raise ConfigError(f"amplifier geometry nsigma: {self.nsigma!r} is not > 0")
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> AmpGeometry:
+        """Build from the whole configuration (its ``amplifier`` section)."""
+        amp = cfg["amplifier"]
+        return cls(
+            prescan=amp["prescan"],
+            serial_overscan=amp["serial_overscan"],
+            parallel_overscan=amp["parallel_overscan"],
+            edge_skip=amp["overscan_edge_skip"],
+            nsigma=amp["overscan_nsigma"],
+        )
+
+    def data_size(self, shape: tuple[int, int]) -> tuple[int, int]:
+        """(data rows, data columns) of an amplifier of ``shape`` (rows, cols)."""
+        nrows, ncols = shape
+        return nrows - self.parallel_overscan, ncols - self.prescan - self.serial_overscan
+
+    def strip_columns(self, ncols: int) -> slice:
+        """Columns of the overscan strip in an oriented amplifier of ``ncols`` columns."""
+        ndata = ncols - self.prescan - self.serial_overscan
+        return slice(self.prescan + ndata + self.edge_skip, ncols - self.edge_skip)
+
+
+def clipped_mean(values: np.ndarray, nsigma: float) -> float:
+    """One-pass clipped mean of ``values`` (any shape, flattened), SPEC section 4 in 1-D.
+
+    m = median, s = 0.5 * (p84 - p16) (NumPy's default linear percentiles); keep
+    ``m - k s <= x <= m + k s``; return the mean of the kept values (float64). NaN in
+    ``values`` propagates (callers check for finite input first).
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    m = np.median(x)
+    p16, p84 = np.percentile(x, [16.0, 84.0])
+    half = nsigma * (0.5 * (p84 - p16))
+    kept = x[(x >= m - half) & (x <= m + half)]
+    return float(np.mean(kept))
+
+
+def orient(image: np.ndarray, number: int) -> np.ndarray:
+    """View of amplifier ``number`` (1-4) flipped to AMP1's reading direction.
+
+    AMP2 is flipped left-right, AMP3 up-down, AMP4 both. The flips are their own inverse, so
+    the same function undoes them. No copy is made.
+    """
+    if number in (2, 4):
+        image = image[:, ::-1]
+    if number in (3, 4):
+        image = image[::-1, :]
+    return image
+
+
+def tile_slices(number: int, namps: int, drows: int, dcols: int) -> tuple[slice, slice]:
+    """(row, column) slices of amplifier ``number``'s data in the CCD image.
+
+    Row 0 is the bottom: AMP1 bottom-left, AMP2 bottom-right, AMP3 top-left, AMP4 top-right.
+    With 2 amplifiers both span the full height.
+    """
+    col = slice(0, dcols) if number in (1, 3) else slice(dcols, 2 * dcols)
+    row = slice(0, drows) if number in (1, 2) or namps == 2 else slice(drows, 2 * drows)
+    return row, col
+
+
+def to_electrons(raw: np.ndarray, adc_scale: float, gain: float, out: np.ndarray) -> np.ndarray:
+    """``raw / adc_scale * gain`` into the float64 array ``out`` (same shape); returns ``out``.
+
+    For a power-of-two ``adc_scale`` the division is exact, so one multiplication by
+    ``gain / adc_scale`` gives bit-identical results in one pass.
+    """
+    if math.frexp(adc_scale)[0] == 0.5:
+        return np.multiply(raw, gain / adc_scale, out=out)
+    np.divide(raw, adc_scale, out=out)
+    out *= gain
+    return out
+
+
+def overscan_level(
+    raw: np.ndarray, number: int, gain: float, geometry: AmpGeometry, adc_scale: float
+) -> float:
+    """Overscan level (electrons) of amplifier ``number`` given as stored, (rows, cols).
+
+    The clipped mean (k = ``geometry.nsigma``) of the strip of all rows and the columns
+    :meth:`AmpGeometry.strip_columns` of the oriented amplifier. NaN when the strip holds a
+    NaN or Inf value.
+    """
+    oriented = orient(raw, number)
+    strip = oriented[:, geometry.strip_columns(oriented.shape[1])]
+    e = to_electrons(strip, adc_scale, gain, np.empty(strip.shape, dtype=np.float64))
+    if not np.isfinite(e).all():
+        return math.nan
+    return clipped_mean(e, geometry.nsigma)
+
+
+def subtract_into(
+    raw: np.ndarray, gain: float, level: float, adc_scale: float, out: np.ndarray
+) -> None:
+    """``out[...] = float32(raw / adc_scale * gain - level)``, in float64 blocks of rows.
+
+    ``raw`` and ``out`` are 2-D of the same shape (views allowed, any strides); the float64
+    scratch block is reused so no full-size temporary is made.
+    """
+    scratch = np.empty((min(ROW_BLOCK, raw.shape[0]), raw.shape[1]), dtype=np.float64)
+    for start in range(0, raw.shape[0], ROW_BLOCK):
+        src = raw[start : start + ROW_BLOCK]
+        block = to_electrons(src, adc_scale, gain, scratch[: src.shape[0]])
+        np.subtract(block, level, out=out[start : start + ROW_BLOCK], casting="unsafe")
+
+
+def assemble_ccd(
+    raws: list[np.ndarray],
+    gains: list[float],
+    levels: list[float],
+    geometry: AmpGeometry,
+    adc_scale: float,
+) -> np.ndarray:
+    """Tile 2 or 4 overscan-subtracted amplifiers (AMP1 first, one shape) into a CCD image.
+
+    ``raws``: arrays (rows, cols) as stored in the L0 file; ``gains``: electrons per DN;
+    ``levels``: overscan levels in electrons. Returns float32 electrons of shape
+    (drows, 2 dcols) for 2 amplifiers, (2 drows, 2 dcols) for 4.
+    """
+    namps = len(raws)
+    drows, dcols = geometry.data_size(raws[0].shape)
+    image = np.empty((drows if namps == 2 else 2 * drows, 2 * dcols), dtype=FITS_FLOAT32)
+    for number, (raw, gain, level) in enumerate(zip(raws, gains, levels, strict=True), start=1):
+        oriented = orient(raw, number)
+        data = orient(oriented[:drows, geometry.prescan : geometry.prescan + dcols], number)
+        rows, cols = tile_slices(number, namps, drows, dcols)
+        subtract_into(data, gain, level, adc_scale, image[rows, cols])
+    return image
+
+
+def convert_ccd(
+    raws: list[np.ndarray], gains: list[float], geometry: AmpGeometry, adc_scale: float
+) -> tuple[np.ndarray, list[float]]:
+    """One CCD: (float32 image in electrons, overscan level of each amplifier in electrons).
+
+    Raises ValueError when an overscan strip holds NaN/Inf (:func:`convert_l0` checks that
+    first and names the file and extension).
+    """
+    levels = [
+        overscan_level(raw, number, gain, geometry, adc_scale)
+        for number, (raw, gain) in enumerate(zip(raws, gains, strict=True), start=1)
+    ]
+    if not all(math.isfinite(v) for v in levels):
+        raise ValueError("NaN/Inf in an overscan strip")
+    return assemble_ccd(raws, gains, levels, geometry, adc_scale), levels
+
+
+def read_ccd(
+    hdul: fits.HDUList, path: str | Path, ccd: str, geometry: AmpGeometry
+) -> tuple[list[np.ndarray], list[float]] | None:
+    """Amplifier arrays and gains of ``ccd`` (None when it has no amplifier extension)."""
+    names = find_amps(hdul, path, ccd)
+    if not names:
+        return None
+    raws, gains = [], []
+    for ext in names:
+        raw = amp_data(hdul, path, ext)
+        gains.append(amp_gain(hdul[ext].header, path, ext))
+        if raws and raw.shape != raws[0].shape:
+            raise InputError(
+                path,
+                f"extension {ext} has shape {raw.shape}, expected {raws[0].shape} "
+                f"like {names[0]} (all amplifiers of a CCD have one shape)",
+            )
+        raws.append(raw)
+    drows, dcols = geometry.data_size(raws[0].shape)
+    if drows < 1 or dcols < 1:
+        raise InputError(
+            path,
+            f"extension {names[0]} has shape {raws[0].shape}, too small: expected more than "
+            f"{geometry.parallel_overscan} rows (parallel overscan) and more than "
+            f"{geometry.prescan + geometry.serial_overscan} columns (prescan + serial overscan)",
+        )
+    return raws, gains
+
+
+def ccd_hdu(ccd: str, image: np.ndarray, levels: list[float]) -> fits.ImageHDU:
+    """``<CCD>_CCD`` extension: float32 electrons with BUNIT and OSCANV1..n."""
+    hdu = fits.ImageHDU(data=image, name=f"{ccd}_CCD")
+    hdu.header["BUNIT"] = ("electrons", "units of the image")
+    for number, level in enumerate(levels, start=1):
+        hdu.header[f"OSCANV{number}"] = (level, f"overscan level of AMP{number} [electrons]")
+    return hdu
+
+
+def copy_image_hdu(hdu) -> fits.ImageHDU:
+    """A plain image extension with the data and header of ``hdu`` (values unchanged)."""
+    header = hdu.header.copy()
+    for key in ("CHECKSUM", "DATASUM"):
+        header.remove(key, ignore_missing=True)
+    return fits.ImageHDU(data=hdu.data, header=header, name=hdu.name)
+
+
+def convert_l0(
+    l0_path: str | Path, out_path: str | Path, geometry: AmpGeometry, adc_scale: float
+) -> dict:
+    """Convert one L0 file into its 2D file (SPEC section 2); return a short report.
+
+    Writes ``out_path`` atomically: PRIMARY (the L0 primary header plus GRNAMPS/REDAMPS,
+    0 for an absent CCD), ``GREEN_CCD``/``RED_CCD`` (float32 electrons) for the CCDs that
+    have amplifiers, ``CA_HK`` copied as is when present. Raises :class:`InputError`, and
+    writes nothing, on bad input (including a file with no amplifier at all).
+
+    Report keys: ``output`` (path), ``amps`` ({ccd: number of amplifiers, 0 when absent}),
+    ``overscan`` ({ccd: levels in electrons}), ``ca_hk`` (bool), ``seconds`` (float).
+    """
+    t0 = time.perf_counter()
+    l0_path, out_path = Path(l0_path), Path(out_path)
+    report: dict = {"output": str(out_path), "amps": {}, "overscan": {}, "ca_hk": False}
+    with open_l0(l0_path) as hdul:
+        primary = hdul[0].header.copy()
+        for key in ("CHECKSUM", "DATASUM"):
+            primary.remove(key, ignore_missing=True)
+        extensions = []
+        for ccd in CCDS:
+            amps = read_ccd(hdul, l0_path, ccd, geometry)
+            namps = 0 if amps is None else len(amps[0])
+            primary[AMPS_KEYWORD[ccd]] = (namps, f"number of {ccd} amplifiers")
+            report["amps"][ccd], report["overscan"][ccd] = namps, []
+            if amps is None:
+                log.info("%s: no %s amplifier extensions; %s_CCD left out", l0_path, ccd, ccd)
+                continue
+            raws, gains = amps
+            for number, (raw, gain) in enumerate(zip(raws, gains, strict=True), start=1):
+                level = overscan_level(raw, number, gain, geometry, adc_scale)
+                if not math.isfinite(level):
+                    cols = geometry.strip_columns(raw.shape[1])
+                    raise InputError(
+                        l0_path,
+                        f"extension {ccd}_AMP{number}: NaN/Inf values in the overscan strip "
+                        f"(oriented columns {cols.start}..{cols.stop - 1}), expected finite "
+                        "values",
+                    )
+                report["overscan"][ccd].append(level)
+            levels = report["overscan"][ccd]
+            image = assemble_ccd(raws, gains, levels, geometry, adc_scale)
+            extensions.append(ccd_hdu(ccd, image, levels))
+        if not extensions:
+            raise InputError(
+                l0_path,
+                "no amplifier extension (GREEN_AMP1.., RED_AMP1..), expected at least one CCD",
+            )
+        if "CA_HK" in hdul and hdul["CA_HK"].is_image:
+            extensions.append(copy_image_hdu(hdul["CA_HK"]))
+            report["ca_hk"] = True
+        else:
+            log.info("%s: no CA_HK image extension; left out", l0_path)
+        write_fits(fits.HDUList([fits.PrimaryHDU(header=primary), *extensions]), out_path)
+    report["seconds"] = time.perf_counter() - t0
+    return report
+
+
+def describe(report: dict) -> str:
+    """One log line for a :func:`convert_l0` report."""
+    parts = []
+    for ccd, namps in report["amps"].items():
+        if namps:
+            levels = ", ".join(f"{v:.2f}" for v in report["overscan"][ccd])
+            parts.append(f"{ccd} {namps} amps (overscan {levels} e-)")
+        else:
+            parts.append(f"{ccd} absent")
+    parts.append("CA_HK copied" if report["ca_hk"] else "no CA_HK")
+    return f"wrote {report['output']} in {report['seconds']:.2f} s: " + "; ".join(parts)

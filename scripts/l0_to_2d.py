@@ -1,0 +1,17 @@
+"""Snakemake script of rule ``l0_to_2d``: one L0 file -> its 2D file (SPEC section 2)."""
+
+from kpfmasters.l0to2d import AmpGeometry, convert_l0, describe
+from kpfmasters.logs import script_logging
+
+with script_logging(snakemake.log[0], "kpfmasters.l0_to_2d") as log:
+    geometry = AmpGeometry(**snakemake.params.geometry)
+    log.info(
+        "converting %s with %s, adc_scale %s",
+        snakemake.input.l0,
+        geometry,
+        snakemake.params.adc_scale,
+    )
+    report = convert_l0(
+        snakemake.input.l0, snakemake.output[0], geometry, snakemake.params.adc_scale
+    )
+    log.info("%s", describe(report))
