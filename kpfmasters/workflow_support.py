@@ -185,3 +185,14 @@ class Plans:
         sel = self.selection(date, mtype, tag)
         npix, next_ = self._pixels(sel.used)
         return 10 + math.ceil(len(sel.used) * next_ * npix / 2e9)
+
+
+def database_lookup(date: str, mtype: str, max_age_days: int | None) -> Path:
+    """Nearest registered master of ``mtype`` for ``date`` from the calibration database."""
+    from .db import connect, nearest_master
+
+    conn = connect()
+    try:
+        return nearest_master(conn, date, mtype, max_age_days=max_age_days)
+    finally:
+        conn.close()

@@ -35,7 +35,12 @@ if not NIGHTS:
 L0_ROOT = CFG["l0_root"]
 WORK = CFG["work_root"]
 MASTERS = CFG["masters_root"]
-PLANS = ws.Plans(CFG, main_process=workflow.is_main_process, log=logger)
+PLANS = ws.Plans(
+    CFG,
+    main_process=workflow.is_main_process,
+    log=logger,
+    db_lookup=ws.database_lookup if CFG["database"]["enabled"] else None,
+)
 
 
 wildcard_constraints:
@@ -95,3 +100,7 @@ def stack_runtime(mtype):
 
 def selection_lines(wildcards):
     return PLANS.plan(wildcards.date).log_lines()
+
+
+def night_masters(wildcards):
+    return PLANS.night_targets(wildcards.date)

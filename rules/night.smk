@@ -11,3 +11,22 @@ rule night_selection:
         lines=selection_lines,
     script:
         "../scripts/night_selection.py"
+
+
+if CFG["database"]["enabled"]:
+
+    rule register_night:
+        """Register the night's masters in the calibration database (one transaction)."""
+        input:
+            night_masters,
+        output:
+            f"{WORK}/registered/{{date}}.json",
+        log:
+            f"{WORK}/logs/{{date}}/register.log",
+        localrule: True
+        conda:
+            "../envs/kpfmasters.yaml"
+        params:
+            masters_root=MASTERS,
+        script:
+            "../scripts/register_night.py"

@@ -1,0 +1,113 @@
+"""``kpfmasters daily``: the cron job. Run one night through Snakemake, then register it.
+
+Everything the run prints (Snakemake's log and the registration) goes to
+``$KPFCRONJOB_LOGS/kpfmasters_<date>.out``; the terminal gets one line. A lock per night keeps
+two runs of the same night from overlapping. Exit status 0 on success, 1 with a one-line
+reason on failure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from pathlib import Path
+
+import yaml
+
+from ..config import REPO_ROOT, load_config
+from ..errors import KPFMastersError
+from ..pipeline import PipelineError, night_lock, run_snakemake, snakemake_argv
+from ..summary import format_table, master_row, night_masters
+
+HELP = "run one night's masters through Snakemake and register them (the daily cron job)"
+DEFAULT_PROFILE = REPO_ROOT / "profiles" / "local"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--date", help="night YYYYMMDD (default: today's UT date)")
+    parser.add_argument("--configfile", help="configuration file (default: the checkout's)")
+    parser.add_argument(
+        "--profile",
+        default=os.environ.get("KPFMASTERS_PROFILE", str(DEFAULT_PROFILE)),
+        help="Snakemake profile directory (default: $KPFMASTERS_PROFILE or profiles/local)",
+    )
+    parser.add_argument("--cores", type=int, help="override the profile's core count")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="configuration override, e.g. masters_root=/data/kpf/masters (repeatable)",
+    )
+    parser.add_argument("--no-register", action="store_true", help="skip the database step")
+    parser.add_argument("--log-dir", help="where the run's log goes (default: $KPFCRONJOB_LOGS)")
+
+
+def parse_sets(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise KPFMastersError(f"--set {item!r}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _log_dir(args, cfg) -> Path:
+    default = Path(cfg["work_root"]) / "logs"
+    return Path(args.log_dir or os.environ.get("KPFCRONJOB_LOGS") or default)
+
+
+def run(args) -> int:
+    date = args.date or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d")
+    cfg = load_config(args.configfile, {**parse_sets(args.set), "date": date, "dates": ""})
+    date = cfg["nights"][0]
+    log_path = _log_dir(args, cfg) / f"kpfmasters_{date}.out"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = Path(cfg["work_root"]) / "locks" / f"kpfmasters_{date}.lock"
+    start = time.monotonic()
+    with night_lock(lock_path, date), open(log_path, "a", buffering=1) as out:
+        handler = logging.StreamHandler(out)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("kpfmasters").addHandler(handler)
+        try:
+            out.write(f"=== kpfmasters daily {date} started {time.strftime('%c')} ===\n")
+            argv = snakemake_argv(
+                cfg,
+                date,
+                workdir=cfg["work_root"],
+                profile=args.profile,
+                cores=args.cores,
+                configfile=args.configfile,
+            )
+            out.write("$ " + " ".join(argv) + "\n")
+            rc = run_snakemake(argv, out)
+            if rc != 0:
+                raise PipelineError(f"night {date}: snakemake failed (exit {rc}); see {log_path}")
+            masters = night_masters(cfg["masters_root"], date)
+            if masters:
+                out.write(format_table([master_row(p) for p in masters]) + "\n")
+            registered = 0
+            if not args.no_register:
+                from ..db import connect, register_night
+
+                conn = connect()
+                try:
+                    registered = len(register_night(conn, cfg["masters_root"], date))
+                finally:
+                    conn.close()
+            elapsed = time.monotonic() - start
+            line = (
+                f"night {date}: {len(masters)} master(s) in {cfg['masters_root']}/{date}, "
+                f"{registered} row(s) registered, {elapsed:.0f} s; log {log_path}"
+            )
+            out.write(f"=== {line} ===\n")
+            print(line)
+        except KPFMastersError as exc:
+            out.write(f"=== FAILED: {exc} ===\n")
+            raise
+        finally:
+            logging.getLogger("kpfmasters").removeHandler(handler)
+    return 0

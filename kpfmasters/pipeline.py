@@ -1,0 +1,100 @@
+"""Running the workflow as a child process (``kpfmasters daily`` and ``kpfmasters demo``)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .config import PATH_KEYS, REPO_ROOT
+from .errors import KPFMastersError
+
+SNAKEFILE = REPO_ROOT / "Snakefile"
+
+
+class PipelineError(KPFMastersError):
+    """The workflow failed or could not start."""
+
+
+class NightLocked(KPFMastersError):
+    """Another run of the same night holds its lock."""
+
+
+def snakemake_argv(
+    cfg: dict,
+    date: str,
+    *,
+    workdir: str | Path,
+    profile: str | Path | None = None,
+    cores: int | None = None,
+    configfile: str | Path | None = None,
+    extra: list[str] | tuple[str, ...] = (),
+) -> list[str]:
+    """The ``snakemake`` command line for one night with ``cfg``'s (expanded) paths."""
+    argv = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir)]
+    if profile:
+        argv += ["--profile", str(profile)]
+    if cores:
+        argv += ["--cores", str(cores)]
+    elif not profile:
+        argv += ["--cores", "all"]
+    if configfile:
+        argv += ["--configfile", str(configfile)]
+    argv += ["--config", f"date={date}", *(f"{k}={cfg[k]}" for k in PATH_KEYS)]
+    return argv + list(extra)
+
+
+def child_env() -> dict:
+    """Environment of the workflow process: the checkout importable, unbuffered output."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_snakemake(argv: list[str], log_handle=None) -> int:
+    """Run the workflow; its output goes to ``log_handle`` (a file) or the terminal."""
+    proc = subprocess.run(
+        argv,
+        stdout=log_handle,
+        stderr=subprocess.STDOUT if log_handle else None,
+        env=child_env(),
+        check=False,
+    )
+    return proc.returncode
+
+
+@contextmanager
+def night_lock(lock_path: str | Path, date: str):
+    """Hold an exclusive lock for ``date``; raise :class:`NightLocked` if another run has it.
+
+    The lock is an ``flock`` on ``lock_path``, released by the kernel when the process ends,
+    so a killed run never leaves a stale lock behind.
+    """
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_path, "a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise NightLocked(
+            f"night {date} is already being processed ({holder}); lock file {lock_path}"
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}")
+        handle.flush()
+        yield lock_path
+    finally:
+        handle.seek(0)
+        handle.truncate()
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        handle.close()
