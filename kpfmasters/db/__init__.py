@@ -1,0 +1,35 @@
+"""The PostgreSQL calibration database (SPEC section 6): table ``calfiles``.
+
+- :func:`connect`: libpq settings (``KPFDBUSER``/``KPFDBNAME`` honoured), password from pgpass.
+- :func:`init_schema`: apply ``schema.sql`` and the read-only and pipeline roles (admin).
+- :func:`register_night`: the night's level-0 rows become exactly its masters on disk.
+- :func:`nearest_master`: the nearest usable master in time, MD5-verified.
+"""
+
+from .connect import connect, describe, resolve_settings
+from .errors import ConnectError, DatabaseError, NightError, SchemaError
+from .nearest import Nearest, find_nearest, nearest_master
+from .register import Registration, register_night, register_night_report
+from .report import format_row, row_to_json
+from .schema import SCHEMA_VERSION, check_schema, init_schema
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ConnectError",
+    "DatabaseError",
+    "Nearest",
+    "NightError",
+    "Registration",
+    "SchemaError",
+    "check_schema",
+    "connect",
+    "describe",
+    "find_nearest",
+    "format_row",
+    "init_schema",
+    "nearest_master",
+    "register_night",
+    "register_night_report",
+    "resolve_settings",
+    "row_to_json",
+]

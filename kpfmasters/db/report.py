@@ -1,0 +1,30 @@
+"""``calfiles`` rows as text (command output, logs) and as JSON (receipts)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from .masterfile import CONTENT_BITS
+
+
+def _bits(value: int) -> str:
+    names = [name for name, bit in CONTENT_BITS.items() if value & bit]
+    return f"{value}({'|'.join(names) or '-'})"
+
+
+def format_row(row: dict) -> str:
+    """One line: cid, night, caltype, object, content, frames, flags, status, file."""
+    return (
+        f"cid {row['cid']}: {row['startdate']:%Y%m%d} level {row['level']} {row['caltype']} "
+        f"object={row['object']!r} contentbits={_bits(row['contentbits'])} "
+        f"nframes={row['nframes']} infobits={row['infobits']} status={row['status']} "
+        f"md5={row['checksum']} {row['filename']}"
+    )
+
+
+def row_to_json(row: dict) -> dict:
+    """A row with dates and times as ISO strings, for ``json.dumps``."""
+    return {
+        key: value.isoformat() if isinstance(value, (dt.date, dt.datetime)) else value
+        for key, value in row.items()
+    }

@@ -1,0 +1,174 @@
+"""Applying the versioned ``schema.sql`` and the two roles; checking the version in use.
+
+``schema.sql`` says its version on its first line (``... schema, version N``); the database
+records each version applied in ``schema_version``. Roles (NOLOGIN group roles; login users
+are made members with ``GRANT role TO user``):
+
+- the read-only role: SELECT on ``calfiles`` and ``schema_version``;
+- the pipeline role: SELECT, INSERT, UPDATE, DELETE on ``calfiles``, USAGE on its sequence,
+  SELECT on ``schema_version``; it owns nothing, so it cannot ALTER, DROP or TRUNCATE.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from importlib import resources
+
+import psycopg2
+from psycopg2 import sql
+
+from .. import __version__
+from .errors import DatabaseError, SchemaError
+from .transaction import transaction
+
+log = logging.getLogger(__name__)
+
+DEFAULT_READ_ROLE = "kpfreadrole"
+DEFAULT_PIPELINE_ROLE = "kpfporole"
+SEQUENCE = "calfiles_cid_seq"
+_VERSION_RE = re.compile(r"^--.*schema, version (\d+)\s*$")
+# Serialises concurrent `db init` runs (pg_advisory_xact_lock key).
+_INIT_LOCK = 0x6B70_6664  # "kpfd"
+
+
+def schema_text() -> str:
+    """The text of ``schema.sql`` shipped with the package."""
+    return resources.files("kpfmasters.db").joinpath("schema.sql").read_text()
+
+
+def schema_file_version(text: str | None = None) -> int:
+    """The version that ``schema.sql`` declares on its first line."""
+    first = (text if text is not None else schema_text()).splitlines()[0]
+    match = _VERSION_RE.match(first)
+    if not match:
+        raise SchemaError(f"schema.sql: first line {first!r} does not declare 'version N'")
+    return int(match.group(1))
+
+
+SCHEMA_VERSION = schema_file_version()
+
+
+def database_version(cur) -> int | None:
+    """The newest schema version recorded in the database, or None without a schema."""
+    cur.execute("SELECT to_regclass('schema_version') IS NOT NULL")
+    if not cur.fetchone()[0]:
+        return None
+    cur.execute("SELECT max(version) FROM schema_version")
+    return cur.fetchone()[0]
+
+
+def check_schema(conn) -> None:
+    """Raise :class:`SchemaError` unless ``calfiles`` exists at this software's version."""
+    try:
+        with conn.cursor() as cur:
+            version = database_version(cur)
+            cur.execute("SELECT to_regclass('calfiles') IS NOT NULL")
+            has_table = cur.fetchone()[0]
+    except psycopg2.Error as exc:
+        conn.rollback()
+        raise DatabaseError(f"cannot read the schema version: {_one_line(exc)}") from None
+    if version is None or not has_table:
+        raise SchemaError(
+            f"database {conn.info.dbname} has no calfiles table: run `kpfmasters db init` "
+            "as an administrator"
+        )
+    if version != SCHEMA_VERSION:
+        raise SchemaError(
+            f"database {conn.info.dbname} has schema version {version}, this kpfmasters "
+            f"({__version__}) needs version {SCHEMA_VERSION}"
+        )
+
+
+def _role_exists(cur, name: str) -> bool:
+    cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,))
+    return cur.fetchone() is not None
+
+
+def _ensure_role(cur, name: str) -> bool:
+    """Create ``name`` as a NOLOGIN role when missing; True when it was created."""
+    if _role_exists(cur, name):
+        return False
+    cur.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(name)))
+    return True
+
+
+def _grant_roles(cur, read_role: str, pipeline_role: str) -> None:
+    read, pipe = sql.Identifier(read_role), sql.Identifier(pipeline_role)
+    tables = sql.SQL("calfiles, schema_version")
+    statements = [
+        sql.SQL("REVOKE ALL ON {} FROM {}, {}").format(tables, read, pipe),
+        sql.SQL("REVOKE ALL ON SEQUENCE {} FROM {}, {}").format(
+            sql.Identifier(SEQUENCE), read, pipe
+        ),
+        sql.SQL("GRANT SELECT ON {} TO {}").format(tables, read),
+        sql.SQL("GRANT SELECT ON schema_version TO {}").format(pipe),
+        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON calfiles TO {}").format(pipe),
+        sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.Identifier(SEQUENCE), pipe),
+    ]
+    for statement in statements:
+        cur.execute(statement)
+
+
+def _grant_membership(cur, role: str, members: Iterable[str]) -> None:
+    for member in members:
+        if not _role_exists(cur, member):
+            raise DatabaseError(f"cannot grant {role} to {member}: no such role")
+        cur.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(member)))
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def init_schema(
+    conn,
+    read_role: str = DEFAULT_READ_ROLE,
+    pipeline_role: str = DEFAULT_PIPELINE_ROLE,
+    pipeline_members: Iterable[str] = (),
+    read_members: Iterable[str] = (),
+) -> list[str]:
+    """Apply ``schema.sql``, create the roles and grants, in one transaction.
+
+    Idempotent. Returns what was done, one line each, for the command to print. Refuses a
+    database whose schema is newer than this software's.
+    """
+    done: list[str] = []
+    try:
+        with transaction(conn), conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_INIT_LOCK,))
+            before = database_version(cur)
+            if before is not None and before > SCHEMA_VERSION:
+                raise SchemaError(
+                    f"database {conn.info.dbname} has schema version {before}, newer than "
+                    f"this kpfmasters ({__version__}, version {SCHEMA_VERSION}); not changed"
+                )
+            cur.execute(schema_text())
+            cur.execute(
+                "INSERT INTO schema_version (version, softver) VALUES (%s, %s) "
+                "ON CONFLICT (version) DO NOTHING",
+                (SCHEMA_VERSION, f"kpfmasters {__version__}"),
+            )
+            if before is None:
+                done.append(f"created table calfiles (schema version {SCHEMA_VERSION})")
+            else:
+                done.append(f"table calfiles already at schema version {SCHEMA_VERSION}")
+            for role in (read_role, pipeline_role):
+                state = "created" if _ensure_role(cur, role) else "exists"
+                done.append(f"role {role}: {state}")
+            _grant_roles(cur, read_role, pipeline_role)
+            done.append(f"granted SELECT on calfiles to {read_role}")
+            done.append(
+                f"granted SELECT, INSERT, UPDATE, DELETE on calfiles and USAGE on {SEQUENCE} "
+                f"to {pipeline_role}"
+            )
+            _grant_membership(cur, pipeline_role, pipeline_members)
+            _grant_membership(cur, read_role, read_members)
+            done.extend(f"granted {pipeline_role} to {m}" for m in pipeline_members)
+            done.extend(f"granted {read_role} to {m}" for m in read_members)
+    except psycopg2.Error as exc:
+        raise DatabaseError(f"db init failed: {_one_line(exc)}") from None
+    for line in done:
+        log.info("%s", line)
+    return done
