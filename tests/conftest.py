@@ -34,3 +34,6 @@ def base_config() -> dict:
             "order_mask": "/nonexistent/mask.fits",
         }
     )
+
+
+from pgserver import pg_server  # noqa: E402, F401  (session fixture: a throw-away PostgreSQL)
