@@ -19,12 +19,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import pgserver
 import psycopg2
 import psycopg2.errors
 import pytest
 from astropy.io import fits
-from pgserver import free_port, pg_server  # noqa: F401  (pg_server: session fixture)
 
 from kpfmasters import __version__, cli
 from kpfmasters.db import (
@@ -40,6 +38,8 @@ from kpfmasters.db import (
     register_night_report,
     resolve_settings,
 )
+from kpfmasters.db import throwaway as pgserver
+from kpfmasters.db.throwaway import free_port
 from kpfmasters.errors import InputError, NoPredecessorError
 from kpfmasters.fitsutil import write_fits
 from kpfmasters.naming import master_path
