@@ -31,10 +31,14 @@ def snakemake_argv(
     workdir: str | Path,
     profile: str | Path | None = None,
     cores: int | None = None,
-    configfile: str | Path | None = None,
+    configfiles: list[str | Path] | tuple = (),
     extra: list[str] | tuple[str, ...] = (),
 ) -> list[str]:
-    """The ``snakemake`` command line for one night with ``cfg``'s (expanded) paths."""
+    """The ``snakemake`` command line for one night with ``cfg``'s (expanded) paths.
+
+    ``configfiles`` replace the Snakefile's own ``config.yaml`` (Snakemake ignores the
+    ``configfile:`` directive once ``--configfile`` is given), later files overriding earlier.
+    """
     argv = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir)]
     if profile:
         argv += ["--profile", str(profile)]
@@ -42,8 +46,8 @@ def snakemake_argv(
         argv += ["--cores", str(cores)]
     elif not profile:
         argv += ["--cores", "all"]
-    if configfile:
-        argv += ["--configfile", str(configfile)]
+    if configfiles:
+        argv += ["--configfile", *(str(c) for c in configfiles)]
     argv += ["--config", f"date={date}", *(f"{k}={cfg[k]}" for k in PATH_KEYS)]
     return argv + list(extra)
 
