@@ -9,6 +9,7 @@ reason on failure.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import REPO_ROOT, load_config
+from ..config import DEFAULT_CONFIG_PATH, REPO_ROOT, load_config
 from ..errors import KPFMastersError
 from ..pipeline import PipelineError, night_lock, run_snakemake, snakemake_argv
 from ..summary import format_table, master_row, night_masters
@@ -74,13 +75,17 @@ def run(args) -> int:
         logging.getLogger("kpfmasters").addHandler(handler)
         try:
             out.write(f"=== kpfmasters daily {date} started {time.strftime('%c')} ===\n")
+            # Registration (and the missing-predecessor look-up) run inside the workflow.
+            override = Path(cfg["work_root"]) / "daily" / f"{date}.override.yaml"
+            override.parent.mkdir(parents=True, exist_ok=True)
+            override.write_text(yaml.safe_dump({"database": {"enabled": not args.no_register}}))
             argv = snakemake_argv(
                 cfg,
                 date,
                 workdir=cfg["work_root"],
                 profile=args.profile,
                 cores=args.cores,
-                configfile=args.configfile,
+                configfiles=[args.configfile or DEFAULT_CONFIG_PATH, override],
             )
             out.write("$ " + " ".join(argv) + "\n")
             rc = run_snakemake(argv, out)
@@ -89,15 +94,10 @@ def run(args) -> int:
             masters = night_masters(cfg["masters_root"], date)
             if masters:
                 out.write(format_table([master_row(p) for p in masters]) + "\n")
-            registered = 0
-            if not args.no_register:
-                from ..db import connect, register_night
-
-                conn = connect()
-                try:
-                    registered = len(register_night(conn, cfg["masters_root"], date))
-                finally:
-                    conn.close()
+            registered = "no"
+            receipt = Path(cfg["work_root"]) / "registered" / f"{date}.json"
+            if not args.no_register and receipt.is_file():
+                registered = str(len(json.loads(receipt.read_text())["rows"]))
             elapsed = time.monotonic() - start
             line = (
                 f"night {date}: {len(masters)} master(s) in {cfg['masters_root']}/{date}, "
