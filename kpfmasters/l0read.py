@@ -113,8 +113,8 @@ def amp_gain(header: fits.Header, path: str | Path, ext: str) -> float:
     return float(value)
 
 
-def amp_data(hdul: fits.HDUList, path: str | Path, ext: str) -> np.ndarray:
-    """The 2-D pixel array (rows, cols) of image extension ``ext``, as stored (raw DN * scale).
+def image_data(hdul: fits.HDUList, path: str | Path, ext: str) -> np.ndarray | None:
+    """Pixel array of image extension ``ext`` as stored (None when it has no data).
 
     Plain images come memory-mapped (no copy); RICE-compressed ones are decompressed here.
     """
@@ -124,9 +124,16 @@ def amp_data(hdul: fits.HDUList, path: str | Path, ext: str) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            data = hdu.data
-    except READ_ERRORS as exc:
+            return hdu.data
+    except MemoryError:
+        raise
+    except Exception as exc:  # astropy/cfitsio raise many types for damaged tiles
         raise InputError(path, f"extension {ext}: image data cannot be read ({exc})") from exc
+
+
+def amp_data(hdul: fits.HDUList, path: str | Path, ext: str) -> np.ndarray:
+    """The 2-D pixel array (rows, cols) of amplifier extension ``ext`` (raw DN * scale)."""
+    data = image_data(hdul, path, ext)
     if data is None or data.ndim != 2:
         shape = "no data" if data is None else f"shape {data.shape}"
         raise InputError(path, f"extension {ext} has {shape}, expected a 2-D image")

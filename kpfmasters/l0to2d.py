@@ -28,7 +28,7 @@ from astropy.io import fits
 
 from .errors import ConfigError, InputError
 from .fitsutil import write_fits
-from .l0read import CCDS, amp_data, amp_gain, find_amps, open_l0
+from .l0read import CCDS, amp_data, amp_gain, find_amps, image_data, open_l0
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +183,8 @@ def assemble_ccd(
     """Tile 2 or 4 overscan-subtracted amplifiers (AMP1 first, one shape) into a CCD image.
 
     ``raws``: arrays (rows, cols) as stored in the L0 file; ``gains``: electrons per DN;
-    ``levels``: overscan levels in electrons. Returns float32 electrons of shape
-    (drows, 2 dcols) for 2 amplifiers, (2 drows, 2 dcols) for 4.
+    ``levels``: overscan levels in electrons. Returns float32 electrons (big-endian, as FITS
+    stores them) of shape (drows, 2 dcols) for 2 amplifiers, (2 drows, 2 dcols) for 4.
     """
     namps = len(raws)
     drows, dcols = geometry.data_size(raws[0].shape)
@@ -252,12 +252,13 @@ def ccd_hdu(ccd: str, image: np.ndarray, levels: list[float]) -> fits.ImageHDU:
     return hdu
 
 
-def copy_image_hdu(hdu) -> fits.ImageHDU:
-    """A plain image extension with the data and header of ``hdu`` (values unchanged)."""
-    header = hdu.header.copy()
+def copy_image_hdu(hdul: fits.HDUList, path: str | Path, ext: str) -> fits.ImageHDU:
+    """A plain image extension with the data and header of ``ext`` (values unchanged)."""
+    data = image_data(hdul, path, ext)
+    header = hdul[ext].header.copy()
     for key in ("CHECKSUM", "DATASUM"):
         header.remove(key, ignore_missing=True)
-    return fits.ImageHDU(data=hdu.data, header=header, name=hdu.name)
+    return fits.ImageHDU(data=data, header=header, name=ext)
 
 
 def convert_l0(
@@ -310,7 +311,7 @@ def convert_l0(
                 "no amplifier extension (GREEN_AMP1.., RED_AMP1..), expected at least one CCD",
             )
         if "CA_HK" in hdul and hdul["CA_HK"].is_image:
-            extensions.append(copy_image_hdu(hdul["CA_HK"]))
+            extensions.append(copy_image_hdu(hdul, l0_path, "CA_HK"))
             report["ca_hk"] = True
         else:
             log.info("%s: no CA_HK image extension; left out", l0_path)

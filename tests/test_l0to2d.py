@@ -414,6 +414,16 @@ def case_not_image(tmp_path):
     return path, ["GREEN_AMP2", "expected an image"]
 
 
+def case_corrupt_tiles(tmp_path):
+    path = write_l0(tmp_path / "l0.fits", good_ccds(tmp_path), compress=True)
+    with fits.open(path) as hdul:
+        start = hdul.fileinfo(hdul.index_of("RED_AMP1"))["datLoc"]
+    data = bytearray(path.read_bytes())
+    data[start + 16 : start + 400] = b"\xff" * 384  # tile pointers and bytes: garbage
+    path.write_bytes(bytes(data))
+    return path, ["RED_AMP1", "image data cannot be read"]
+
+
 def case_no_amps(tmp_path):
     path = write_l0(tmp_path / "l0.fits", {})
     return path, ["no amplifier extension"]
@@ -431,6 +441,7 @@ BAD_CASES = [
     case_too_small,
     case_nan_overscan,
     case_not_image,
+    case_corrupt_tiles,
     case_no_amps,
 ]
 
