@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from .l0read import CCDS, amp_data, amp_gain, find_amps, image_data, open_l0
 log = logging.getLogger(__name__)
 
 # Rows converted per step: the float64 scratch block (ROW_BLOCK x ncols) stays in cache.
-ROW_BLOCK = 64
+ROW_BLOCK = 32
 # Big-endian float32, as FITS stores it: astropy then writes and checksums without a byteswap.
 FITS_FLOAT32 = np.dtype(">f4")
 AMPS_KEYWORD = {"GREEN": "GRNAMPS", "RED": "REDAMPS"}
@@ -97,8 +98,9 @@ def clipped_mean(values: np.ndarray, nsigma: float) -> float:
     ``values`` propagates (callers check for finite input first).
     """
     x = np.asarray(values, dtype=np.float64).ravel()
-    m = np.median(x)
-    p16, p84 = np.percentile(x, [16.0, 84.0])
+    work = x.copy()  # partially sorted in place below; x keeps its order for the mean
+    p16, p84 = np.percentile(work, [16.0, 84.0], overwrite_input=True)
+    m = np.median(work, overwrite_input=True)
     half = nsigma * (0.5 * (p84 - p16))
     kept = x[(x >= m - half) & (x <= m + half)]
     return float(np.mean(kept))
@@ -153,7 +155,7 @@ def overscan_level(
     oriented = orient(raw, number)
     strip = oriented[:, geometry.strip_columns(oriented.shape[1])]
     e = to_electrons(strip, adc_scale, gain, np.empty(strip.shape, dtype=np.float64))
-    if not np.isfinite(e).all():
+    if raw.dtype.kind == "f" and not np.isfinite(e).all():
         return math.nan
     return clipped_mean(e, geometry.nsigma)
 
@@ -173,45 +175,62 @@ def subtract_into(
         np.subtract(block, level, out=out[start : start + ROW_BLOCK], casting="unsafe")
 
 
-def assemble_ccd(
-    raws: list[np.ndarray],
-    gains: list[float],
-    levels: list[float],
+def convert_amp(
+    raw: np.ndarray,
+    number: int,
+    gain: float,
     geometry: AmpGeometry,
     adc_scale: float,
-) -> np.ndarray:
-    """Tile 2 or 4 overscan-subtracted amplifiers (AMP1 first, one shape) into a CCD image.
+    tile: np.ndarray,
+) -> float:
+    """Overscan-subtract amplifier ``number`` (stored, (rows, cols)) into its CCD ``tile``.
 
-    ``raws``: arrays (rows, cols) as stored in the L0 file; ``gains``: electrons per DN;
-    ``levels``: overscan levels in electrons. Returns float32 electrons (big-endian, as FITS
-    stores them) of shape (drows, 2 dcols) for 2 amplifiers, (2 drows, 2 dcols) for 4.
+    ``tile`` is the (drows, dcols) view of the CCD image the data go to. Returns the overscan
+    level in electrons; when it is NaN (NaN/Inf in the strip) the tile is filled with NaN.
+    """
+    level = overscan_level(raw, number, gain, geometry, adc_scale)
+    if not math.isfinite(level):
+        tile[...] = np.nan
+        return level
+    drows, dcols = tile.shape
+    oriented = orient(raw, number)
+    data = orient(oriented[:drows, geometry.prescan : geometry.prescan + dcols], number)
+    subtract_into(data, gain, level, adc_scale, tile)
+    return level
+
+
+def convert_ccd(
+    raws: list[np.ndarray],
+    gains: list[float],
+    geometry: AmpGeometry,
+    adc_scale: float,
+    threads: int = 1,
+) -> tuple[np.ndarray, list[float]]:
+    """One CCD from its 2 or 4 amplifiers (AMP1 first, all of one shape).
+
+    ``raws``: arrays (rows, cols) as stored in the L0 file; ``gains``: electrons per DN.
+    Returns the image, float32 electrons (big-endian, as FITS stores them) of shape
+    (drows, 2 dcols) for 2 amplifiers or (2 drows, 2 dcols) for 4, and the overscan level of
+    each amplifier in electrons (NaN for a strip with NaN/Inf, whose tile is then NaN).
+    ``threads`` > 1 converts amplifiers concurrently (NumPy releases the GIL); the result
+    does not depend on it.
     """
     namps = len(raws)
     drows, dcols = geometry.data_size(raws[0].shape)
     image = np.empty((drows if namps == 2 else 2 * drows, 2 * dcols), dtype=FITS_FLOAT32)
-    for number, (raw, gain, level) in enumerate(zip(raws, gains, levels, strict=True), start=1):
-        oriented = orient(raw, number)
-        data = orient(oriented[:drows, geometry.prescan : geometry.prescan + dcols], number)
+
+    def one(number: int) -> float:
         rows, cols = tile_slices(number, namps, drows, dcols)
-        subtract_into(data, gain, level, adc_scale, image[rows, cols])
-    return image
+        tile = image[rows, cols]
+        return convert_amp(raws[number - 1], number, gains[number - 1], geometry, adc_scale, tile)
 
-
-def convert_ccd(
-    raws: list[np.ndarray], gains: list[float], geometry: AmpGeometry, adc_scale: float
-) -> tuple[np.ndarray, list[float]]:
-    """One CCD: (float32 image in electrons, overscan level of each amplifier in electrons).
-
-    Raises ValueError when an overscan strip holds NaN/Inf (:func:`convert_l0` checks that
-    first and names the file and extension).
-    """
-    levels = [
-        overscan_level(raw, number, gain, geometry, adc_scale)
-        for number, (raw, gain) in enumerate(zip(raws, gains, strict=True), start=1)
-    ]
-    if not all(math.isfinite(v) for v in levels):
-        raise ValueError("NaN/Inf in an overscan strip")
-    return assemble_ccd(raws, gains, levels, geometry, adc_scale), levels
+    numbers = range(1, namps + 1)
+    if threads > 1:
+        with ThreadPoolExecutor(max_workers=min(threads, namps)) as pool:
+            levels = list(pool.map(one, numbers))
+    else:
+        levels = [one(number) for number in numbers]
+    return image, levels
 
 
 def read_ccd(
@@ -262,7 +281,11 @@ def copy_image_hdu(hdul: fits.HDUList, path: str | Path, ext: str) -> fits.Image
 
 
 def convert_l0(
-    l0_path: str | Path, out_path: str | Path, geometry: AmpGeometry, adc_scale: float
+    l0_path: str | Path,
+    out_path: str | Path,
+    geometry: AmpGeometry,
+    adc_scale: float,
+    threads: int = 1,
 ) -> dict:
     """Convert one L0 file into its 2D file (SPEC section 2); return a short report.
 
@@ -270,6 +293,8 @@ def convert_l0(
     0 for an absent CCD), ``GREEN_CCD``/``RED_CCD`` (float32 electrons) for the CCDs that
     have amplifiers, ``CA_HK`` copied as is when present. Raises :class:`InputError`, and
     writes nothing, on bad input (including a file with no amplifier at all).
+
+    ``threads``: amplifiers converted concurrently (see :func:`convert_ccd`).
 
     Report keys: ``output`` (path), ``amps`` ({ccd: number of amplifiers, 0 when absent}),
     ``overscan`` ({ccd: levels in electrons}), ``ca_hk`` (bool), ``seconds`` (float).
@@ -291,19 +316,17 @@ def convert_l0(
                 log.info("%s: no %s amplifier extensions; %s_CCD left out", l0_path, ccd, ccd)
                 continue
             raws, gains = amps
-            for number, (raw, gain) in enumerate(zip(raws, gains, strict=True), start=1):
-                level = overscan_level(raw, number, gain, geometry, adc_scale)
+            image, levels = convert_ccd(raws, gains, geometry, adc_scale, threads)
+            for number, level in enumerate(levels, start=1):
                 if not math.isfinite(level):
-                    cols = geometry.strip_columns(raw.shape[1])
+                    cols = geometry.strip_columns(raws[0].shape[1])
                     raise InputError(
                         l0_path,
                         f"extension {ccd}_AMP{number}: NaN/Inf values in the overscan strip "
                         f"(oriented columns {cols.start}..{cols.stop - 1}), expected finite "
                         "values",
                     )
-                report["overscan"][ccd].append(level)
-            levels = report["overscan"][ccd]
-            image = assemble_ccd(raws, gains, levels, geometry, adc_scale)
+            report["overscan"][ccd] = levels
             extensions.append(ccd_hdu(ccd, image, levels))
         if not extensions:
             raise InputError(

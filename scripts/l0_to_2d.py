@@ -5,13 +5,15 @@ from kpfmasters.logs import script_logging
 
 with script_logging(snakemake.log[0], "kpfmasters.l0_to_2d") as log:
     geometry = AmpGeometry(**snakemake.params.geometry)
+    threads = int(getattr(snakemake, "threads", 1) or 1)
     log.info(
-        "converting %s with %s, adc_scale %s",
+        "converting %s with %s, adc_scale %s, %d thread(s)",
         snakemake.input.l0,
         geometry,
         snakemake.params.adc_scale,
+        threads,
     )
     report = convert_l0(
-        snakemake.input.l0, snakemake.output[0], geometry, snakemake.params.adc_scale
+        snakemake.input.l0, snakemake.output[0], geometry, snakemake.params.adc_scale, threads
     )
     log.info("%s", describe(report))

@@ -276,6 +276,18 @@ def test_orientation_markers(tmp_path, namps):
     np.testing.assert_array_equal(image, expected)
 
 
+def test_threads_give_the_same_file_content(tmp_path):
+    ccds, truth = make_case(tmp_path, 4)
+    l0 = write_l0(tmp_path / "l0.fits", ccds)
+    one = convert_l0(l0, tmp_path / "one.fits", SMALL, ADC, threads=1)
+    four = convert_l0(l0, tmp_path / "four.fits", SMALL, ADC, threads=4)
+    assert one["overscan"] == four["overscan"]
+    for ccd in ("GREEN", "RED"):
+        a = fits.getdata(tmp_path / "one.fits", f"{ccd}_CCD")
+        np.testing.assert_array_equal(a, fits.getdata(tmp_path / "four.fits", f"{ccd}_CCD"))
+        np.testing.assert_array_equal(a, truth[ccd].astype(np.float32))
+
+
 def test_compressed_equals_plain(tmp_path):
     ccds, _ = make_case(tmp_path, 4)
     plain = write_l0(tmp_path / "plain.fits", ccds)
@@ -494,7 +506,8 @@ def test_cli_default_output_and_explicit_output(tmp_path, capsys):
     np.testing.assert_array_equal(fits.getdata(default, "RED_CCD"), truth["RED"].astype(np.float32))
     assert "wrote" in capsys.readouterr().out
     explicit = tmp_path / "elsewhere.fits"
-    assert cli.main(["l0to2d", str(l0), "-o", str(explicit), "--config", str(config)]) == 0
+    args = ["l0to2d", str(l0), "-o", str(explicit), "--config", str(config), "-j", "2"]
+    assert cli.main(args) == 0
     assert explicit.exists()
 
 
@@ -527,8 +540,9 @@ def test_snakemake_script(tmp_path):
         output=[str(out)],
         log=[str(log)],
         params=SimpleNamespace(geometry=geometry, adc_scale=ADC),
+        threads=2,
     )
     runpy.run_path(str(REPO / "scripts" / "l0_to_2d.py"), init_globals={"snakemake": snakemake})
     np.testing.assert_array_equal(fits.getdata(out, "GREEN_CCD"), truth["GREEN"].astype(np.float32))
     text = log.read_text()
-    assert "wrote" in text and "GREEN 4 amps" in text
+    assert "wrote" in text and "GREEN 4 amps" in text and "2 thread(s)" in text

@@ -24,6 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="2D file to write (default: <work_root>/2D/<YYYYMMDD>/<L0 name>_2D.fits)",
     )
     parser.add_argument(
+        "-j",
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="convert up to N amplifiers at once (default 1; the result does not change)",
+    )
+    parser.add_argument(
         "--config",
         metavar="CONFIG",
         help="configuration file (default: the checkout's config.yaml)",
@@ -46,6 +54,7 @@ def default_output(l0file: str | Path, work_root: str | Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     out = Path(args.output) if args.output else default_output(args.l0file, cfg["work_root"])
-    report = convert_l0(args.l0file, out, AmpGeometry.from_config(cfg), cfg["adc_scale"])
+    geometry = AmpGeometry.from_config(cfg)
+    report = convert_l0(args.l0file, out, geometry, cfg["adc_scale"], max(1, args.threads))
     print(describe(report))
     return 0
