@@ -20,6 +20,7 @@ from kpfmasters import cli
 from kpfmasters.config import DEFAULT_CONFIG_PATH, load_config
 from kpfmasters.errors import ConfigError, InputError
 from kpfmasters.l0to2d import AmpGeometry, clipped_mean, convert_l0, orient
+from kpfmasters.simulate import expected_2d, simulate_night
 
 REPO = Path(__file__).resolve().parents[1]
 ADC = 65536
@@ -546,3 +547,71 @@ def test_snakemake_script(tmp_path):
     np.testing.assert_array_equal(fits.getdata(out, "GREEN_CCD"), truth["GREEN"].astype(np.float32))
     text = log.read_text()
     assert "wrote" in text and "GREEN 4 amps" in text and "2 thread(s)" in text
+
+
+# -- a simulated night (kpfmasters.simulate) ----------------------------------------------
+
+FEW = {"bias": 1, "dark": 1, "flat": 1, "arclamp": {"autocal-une-sky": 1}}
+
+
+@pytest.mark.parametrize("amps, compress", [(2, False), (4, True)])
+def test_simulated_night_noise_free_matches_expected_2d(tmp_path, amps, compress):
+    night = simulate_night(
+        tmp_path / "sim",
+        "20240101",
+        seed=1,
+        amps=amps,
+        size=64,
+        noise=False,
+        counts=FEW,
+        extras=False,
+        compress=compress,
+    )
+    assert len(night.frames) == 4
+    for frame in night.frames:
+        out = tmp_path / "2D" / frame.path.name.replace(".fits", "_2D.fits")
+        report = convert_l0(frame.path, out, AmpGeometry(), ADC)
+        expected = expected_2d(night, frame)
+        for ccd in ("GREEN", "RED"):
+            truth = night.ccds[f"{ccd}_CCD"]
+            levels = [p * g for p, g in zip(truth.pedestal, truth.gain, strict=True)]
+            np.testing.assert_allclose(report["overscan"][ccd], levels, rtol=1e-15)
+            got = fits.getdata(out, f"{ccd}_CCD")
+            want = expected[f"{ccd}_CCD"]
+            assert got.shape == want.shape == (64, 64)
+            np.testing.assert_allclose(got, want, rtol=2**-23, atol=1e-9)
+        np.testing.assert_array_equal(fits.getdata(out, "CA_HK"), expected["CA_HK"])
+
+
+def test_simulated_night_with_noise_within_read_noise(tmp_path):
+    night = simulate_night(
+        tmp_path / "sim",
+        "20240101",
+        seed=2,
+        amps=2,
+        size=128,
+        noise=True,
+        counts={"bias": 1, "dark": 0, "flat": 1, "arclamp": 0},
+        extras=False,
+    )
+    assert [f.kind for f in night.frames] == ["bias", "flat"]
+    halves = ((slice(None), slice(0, 64)), (slice(None), slice(64, 128)))
+    for frame in night.frames:
+        out = tmp_path / "2D" / frame.path.name
+        report = convert_l0(frame.path, out, AmpGeometry(), ADC)
+        expected = expected_2d(night, frame)
+        for ccd in ("GREEN", "RED"):
+            truth = night.ccds[f"{ccd}_CCD"]
+            got = fits.getdata(out, f"{ccd}_CCD").astype(np.float64)
+            want = expected[f"{ccd}_CCD"]
+            for amp, (rows, cols) in enumerate(halves):
+                rn = truth.read_noise[amp]
+                # overscan strip: 158 rows x 40 columns of read noise -> level good to ~rn / 80
+                level = truth.pedestal[amp] * truth.gain[amp]
+                assert abs(report["overscan"][ccd][amp] - level) < 5 * rn / 80
+                diff = got[rows, cols] - want[rows, cols]
+                sigma = np.sqrt(rn**2 + np.clip(want[rows, cols], 0, None) * (frame.exptime > 0))
+                z = diff / sigma
+                robust_std = 1.4826 * np.median(np.abs(z - np.median(z)))
+                assert 0.9 < robust_std < 1.1, (frame.kind, ccd, amp, robust_std)
+                assert abs(np.median(z)) < 0.1
