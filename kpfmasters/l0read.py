@@ -47,6 +47,19 @@ def check_complete(hdul: fits.HDUList, path: str | Path, size: int) -> None:
             )
 
 
+def check_headers(caught: list, path: str | Path) -> None:
+    """Raise when astropy warned that it could not read an HDU's header.
+
+    astropy then silently stops at that HDU, so a file cut (or damaged) inside a header
+    would otherwise look like a file without its later extensions.
+    """
+    for record in caught:
+        text = str(record.message)
+        if "Error validating header for HDU" in text:
+            detail = " ".join(text.split())
+            raise InputError(path, f"is truncated or damaged: a header cannot be read ({detail})")
+
+
 @contextmanager
 def open_l0(path: str | Path):
     """Open an L0 FITS file read-only (memory-mapped where possible) after checking it.
@@ -64,13 +77,14 @@ def open_l0(path: str | Path):
     if size == 0:
         raise InputError(path, "is empty (0 bytes), expected an L0 FITS file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             hdul = fits.open(path, mode="readonly", memmap=True)
             hdul.readall()
     except READ_ERRORS as exc:
         raise InputError(path, f"is not a readable FITS file ({exc})") from exc
     try:
+        check_headers(caught, path)
         check_complete(hdul, path, size)
         yield hdul
     finally:

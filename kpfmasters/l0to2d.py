@@ -319,12 +319,15 @@ def convert_l0(
             image, levels = convert_ccd(raws, gains, geometry, adc_scale, threads)
             for number, level in enumerate(levels, start=1):
                 if not math.isfinite(level):
-                    cols = geometry.strip_columns(raws[0].shape[1])
+                    ncols = raws[0].shape[1]
+                    cols = geometry.strip_columns(ncols)
+                    first, last = cols.start, cols.stop - 1
+                    if number in (2, 4):  # stored mirrored
+                        first, last = ncols - 1 - last, ncols - 1 - first
                     raise InputError(
                         l0_path,
-                        f"extension {ccd}_AMP{number}: NaN/Inf values in the overscan strip "
-                        f"(oriented columns {cols.start}..{cols.stop - 1}), expected finite "
-                        "values",
+                        f"extension {ccd}_AMP{number}: NaN/Inf values in the serial-overscan "
+                        f"strip (stored columns {first}..{last}), expected finite values",
                     )
             report["overscan"][ccd] = levels
             extensions.append(ccd_hdu(ccd, image, levels))

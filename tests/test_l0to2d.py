@@ -372,6 +372,25 @@ def case_truncated(tmp_path):
     return cut, ["truncated", "bytes"]
 
 
+def case_cut_in_header(tmp_path):
+    path = write_l0(tmp_path / "full.fits", good_ccds(tmp_path))
+    with fits.open(path) as hdul:
+        start = hdul.fileinfo(hdul.index_of("RED_AMP1"))["hdrLoc"]
+    cut = tmp_path / "cut.fits"
+    cut.write_bytes(path.read_bytes()[: start + 1000])  # GREEN complete, RED's header cut
+    return cut, ["truncated or damaged", "HDU #3"]
+
+
+def case_damaged_header(tmp_path):
+    path = write_l0(tmp_path / "l0.fits", good_ccds(tmp_path))
+    data = path.read_bytes()
+    with fits.open(path) as hdul:
+        start = hdul.fileinfo(hdul.index_of("RED_AMP1"))["hdrLoc"]
+    header = data[start : start + 2880].replace(b"NAXIS1  =", b"NAXIS1  = 'x'")[:2880]
+    path.write_bytes(data[:start] + header + data[start + 2880 :])
+    return path, ["truncated or damaged", "HDU #3", "NAXIS1"]
+
+
 def case_missing_amp(tmp_path):
     path = write_l0(tmp_path / "l0.fits", good_ccds(tmp_path), drop=("GREEN_AMP2",))
     return path, ["GREEN_AMP2 missing", "GREEN_AMP1"]
@@ -414,7 +433,7 @@ def case_nan_overscan(tmp_path):
     ccds = {ccd: [a.astype(np.float32) for a in amps] for ccd, amps in ccds.items()}
     ccds["RED"][1][3, 5] = np.nan  # AMP2 stored strip: columns [2, 10)
     path = write_l0(tmp_path / "l0.fits", ccds)
-    return path, ["RED_AMP2", "NaN/Inf", "overscan strip"]
+    return path, ["RED_AMP2", "NaN/Inf", "overscan strip (stored columns 2..9)"]
 
 
 def case_not_image(tmp_path):
@@ -446,6 +465,8 @@ BAD_CASES = [
     case_empty,
     case_not_fits,
     case_truncated,
+    case_cut_in_header,
+    case_damaged_header,
     case_missing_amp,
     case_amp1_and_amp3,
     case_no_gain,
