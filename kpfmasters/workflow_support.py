@@ -7,6 +7,7 @@ It is plain Python so the workflow's decisions are tested without Snakemake.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -17,6 +18,16 @@ from .naming import master_name, two_d_name
 from .night import scan_night
 from .predecessors import Candidate, masters_on_disk, nearest
 from .selection import NightPlan, Selection, plan_night
+
+
+def canonical(value):
+    """``value`` with every mapping's keys sorted, recursively.
+
+    Snakemake compares rule parameters by their text, so the same settings written in
+    another key order (another configuration file) must not look like a change.
+    """
+    return json.loads(json.dumps(value, sort_keys=True))
+
 
 PREDECESSORS = {"dark": ("bias",), "flat": ("bias", "dark"), "arclamp": ("bias", "dark", "flat")}
 
@@ -105,15 +116,17 @@ class Plans:
             "min_frames": self.cfg["min_frames"],
             "flag_fraction": self.cfg["flag_fraction"],
         }
-        return {
-            "mtype": mtype,
-            "obj": sel.obj,
-            "rows": sel.rows(),
-            "settings": settings,
-            "flag_fraction": self.cfg["flag_fraction"],
-            "version": __version__,
-            "cfghash": config_hash(__version__, effective),
-        }
+        return canonical(
+            {
+                "mtype": mtype,
+                "obj": sel.obj,
+                "rows": sel.rows(),
+                "settings": settings,
+                "flag_fraction": self.cfg["flag_fraction"],
+                "version": __version__,
+                "cfghash": config_hash(__version__, effective),
+            }
+        )
 
     # -- targets ---------------------------------------------------------------------------
     def night_targets(self, date: str) -> list[str]:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from astropy.io import fits
-from smk import Night, snakemake
 
 from kpfmasters import __version__
 from kpfmasters.flat import normalize_flat
 from kpfmasters.masters import MasterJob, build_master
 from kpfmasters.simulate import simulate_night
+
+from smk import Night, snakemake
 
 DATE = "20230606"
 COUNTS = {

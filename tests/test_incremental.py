@@ -1,0 +1,168 @@
+"""Incremental rebuilds and missing predecessors, checked with real Snakemake dry runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+from astropy.io import fits
+from astropy.time import Time
+
+from kpfmasters import workflow_support
+from kpfmasters.config import load_config
+from kpfmasters.simulate import simulate_night
+
+from smk import REPO, Night, dry_run_outputs, snakemake
+
+DATE = "20230606"
+COUNTS = {
+    "bias": 3,
+    "dark": 2,
+    "flat": 2,
+    "arclamp": {"autocal-une-sky": 2, "autocal-thar-all-eve": 2},
+}
+MASTERS = {
+    f"kpf_{DATE}_master_{k}.fits"
+    for k in ("bias", "dark", "flat", "arclamp_autocal-une-sky", "arclamp_autocal-thar-all-eve")
+}
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("incremental")]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("incr")
+    night = Night(root, [DATE])
+    night.sim = simulate_night(root / "sim", DATE, seed=5, size=48, counts=COUNTS, extras=False)
+    snakemake(night)
+    return night
+
+
+def add_frame_like(night, source_name, seconds):
+    """A new L0 file: a copy of ``source_name`` taken ``seconds`` after UT midnight."""
+    src = night.l0_root / DATE / source_name
+    name = f"KP.{DATE}.{seconds:08.2f}.fits"
+    with fits.open(src) as hdul:
+        mjd = Time(f"{DATE[:4]}-{DATE[4:6]}-{DATE[6:]}T00:00:00", scale="utc").mjd
+        hdul[0].header["MJD-OBS"] = mjd + seconds / 86400
+        hdul[0].header["DATE-OBS"] = Time(hdul[0].header["MJD-OBS"], format="mjd").isot
+        for hdu in hdul[1:]:
+            if hdu.is_image and hdu.data is not None:
+                hdu.data = hdu.data + np.int32(65536)  # one DN more: a different exposure
+        hdul.writeto(night.l0_root / DATE / name)
+    return name
+
+
+def override_file(tmp_path, **changes) -> str:
+    with open(REPO / "config.yaml") as handle:
+        cfg = yaml.safe_load(handle)
+    for dotted, value in changes.items():
+        node = cfg
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path = tmp_path / "override.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_incremental_rebuilds(built, tmp_path):
+    night = built
+    # 1. A second run has nothing to do.
+    assert dry_run_outputs(night) == []
+
+    # 2. A new bias frame: its own 2D file, then bias -> dark -> flat -> arclamps; no other 2D.
+    bias0 = night.sim.expected("bias")[0].name
+    new = add_frame_like(night, bias0, 70000.0)
+    assert set(dry_run_outputs(night)) == MASTERS | {
+        new.replace(".fits", "_2D.fits"),
+        f"{DATE}.txt",  # the night's selection report
+    }
+    snakemake(night)
+    with fits.open(night.master(DATE, "bias")) as hdul:
+        assert hdul[0].header["NFRAMES"] == COUNTS["bias"] + 1
+        assert new in list(hdul["INPUTS"].data["L0FILE"])
+
+    # 3. A new arclamp frame of one OBJECT: only that arclamp master (and its 2D file).
+    une = night.sim.expected("arclamp", "autocal-une-sky")[0].name
+    new_arc = add_frame_like(night, une, 71000.0)
+    assert set(dry_run_outputs(night)) == {
+        new_arc.replace(".fits", "_2D.fits"),
+        f"kpf_{DATE}_master_arclamp_autocal-une-sky.fits",
+        f"{DATE}.txt",
+    }
+    snakemake(night)
+
+    # 4. A changed order mask: flat and arclamps.
+    with fits.open(night.order_mask, mode="update") as hdul:
+        hdul["GREEN_CCD"].data[0, 0] = 0
+    stat = night.order_mask.stat()
+    os.utime(night.order_mask, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2 * 10**9))
+    flat_and_arcs = {m for m in MASTERS if "bias" not in m and "dark" not in m}
+    assert set(dry_run_outputs(night)) == flat_and_arcs
+    snakemake(night)
+    assert dry_run_outputs(night) == []
+
+    # 5. A changed parameter (the flat's clip k): flat and arclamps, nothing else.
+    cfg = override_file(tmp_path, **{"masters.flat.nsigma": 2.5})
+    assert set(dry_run_outputs(night, "--configfile", cfg)) == flat_and_arcs
+    # ... while a parameter of the arclamps only touches the arclamps.
+    cfg = override_file(tmp_path, **{"masters.arclamp.nsigma": 3.0})
+    assert set(dry_run_outputs(night, "--configfile", cfg)) == {
+        m for m in MASTERS if "arclamp" in m
+    }
+
+
+def test_code_version_is_a_rule_parameter(monkeypatch):
+    cfg = load_config(overrides={"date": DATE, "l0_root": "/nonexistent"})
+    night = workflow_support.Plans(cfg)
+    night._plans[DATE] = workflow_support.plan_night([], [], DATE, cfg)
+    a = night.master_params(DATE, "bias")
+    monkeypatch.setattr(workflow_support, "__version__", "99.0.0")
+    b = night.master_params(DATE, "bias")
+    assert a["version"] != b["version"] and a["cfghash"] != b["cfghash"]
+
+
+def test_missing_predecessors_use_the_nearest_master(built, tmp_path):
+    """A night with biases but no darks and no flats calibrates with the built night's."""
+    night = built
+    later = "20230608"
+    sim2 = simulate_night(
+        tmp_path / "sim2",
+        later,
+        seed=6,
+        size=48,
+        extras=False,
+        counts={"bias": 3, "dark": 0, "flat": 0, "arclamp": {"autocal-une-sky": 2}},
+    )
+    shutil.copytree(sim2.l0_dir, night.l0_root / later)
+    proc = snakemake(night, config={"date": later})
+    made = sorted(p.name for p in (night.masters_root / later).glob("*.fits"))
+    assert made == [
+        f"kpf_{later}_master_arclamp_autocal-une-sky.fits",
+        f"kpf_{later}_master_bias.fits",
+    ]
+    text = proc.stdout + proc.stderr
+    assert f"master dark for {later} not made: 0 frame(s) matched" in text
+    with fits.open(night.masters_root / later / made[0]) as hdul:
+        assert hdul[0].header["INPBIAS"] == f"kpf_{later}_master_bias.fits"
+        assert hdul[0].header["INPDARK"] == f"kpf_{DATE}_master_dark.fits"
+        assert hdul[0].header["INPFLAT"] == f"kpf_{DATE}_master_flat.fits"
+
+    # With a maximum age of one day, the arclamp cannot be calibrated: a clear error for that
+    # master only; the night's own bias is still made and the run succeeds.
+    shutil.rmtree(night.masters_root / later)
+    cfg = override_file(tmp_path, **{"predecessors.max_age_days": 1})
+    proc = snakemake(night, "--configfile", cfg, config={"date": later})
+    text = proc.stdout + proc.stderr
+    assert (
+        f"master arclamp 'autocal-une-sky' for {later} not made: night {later} has no master "
+        f"dark of its own and the nearest (kpf_{DATE}_master_dark.fits) is 2 days away, more "
+        "than the maximum age of 1 days"
+    ) in text
+    made = sorted(p.name for p in (night.masters_root / later).glob("*.fits"))
+    assert made == [f"kpf_{later}_master_bias.fits"]
