@@ -47,12 +47,18 @@ def add_arguments(parser) -> None:
 
 
 def parse_sets(items: list[str]) -> dict:
-    out = {}
+    """``KEY=VALUE`` overrides as a nested dict; dotted keys reach into sections
+    (``masters.flat.nsigma=2.5``); values are YAML (numbers, booleans, strings)."""
+    out: dict = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise KPFMastersError(f"--set {item!r}: expected KEY=VALUE")
-        out[key] = yaml.safe_load(value)
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
     return out
 
 
