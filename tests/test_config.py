@@ -26,8 +26,10 @@ def test_defaults_are_the_spec_numbers(base_config):
         ({"adc_scale": -1}, "adc_scale"),
         ({"stack": {"threads": 0}}, "stack.threads"),
         ({"unknown_key": 1}, "(top level)"),
-        ({"masters": {"dark": {"select": [{"keyword": "EXPTIME", "op": "=>", "value": 3}]}}},
-         "masters.dark.select.0.op"),
+        (
+            {"masters": {"dark": {"select": [{"keyword": "EXPTIME", "op": "=>", "value": 3}]}}},
+            "masters.dark.select.0.op",
+        ),
     ],
 )
 def test_schema_errors_name_the_key(override, key):

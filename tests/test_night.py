@@ -13,8 +13,16 @@ GEOM = {"prescan": 4, "serial_overscan": 50, "parallel_overscan": 30}
 
 
 def write_l0(path, amps=2, gain=5.0, shape=(46, 62), drop=None, cahk=True, **header):
-    prim = fits.Header({"IMTYPE": "Bias", "OBJECT": "autocal-bias", "EXPTIME": 0.0,
-                        "MJD-OBS": 60101.5, "DATE-OBS": "2023-06-06T12:00:00", **header})
+    prim = fits.Header(
+        {
+            "IMTYPE": "Bias",
+            "OBJECT": "autocal-bias",
+            "EXPTIME": 0.0,
+            "MJD-OBS": 60101.5,
+            "DATE-OBS": "2023-06-06T12:00:00",
+            **header,
+        }
+    )
     hdus = [fits.PrimaryHDU(header=prim)]
     for ccd in ("GREEN", "RED"):
         for n in range(1, amps + 1):
@@ -44,7 +52,7 @@ def test_scan_shapes_problems_and_ignored(tmp_path):
     good = (night / f"KP.{DATE}.00100.00.fits").read_bytes()
     (night / f"KP.{DATE}.00800.00.fits").write_bytes(good[: len(good) - 2880])
     write_l0(night / f"KP.{DATE}.00900.00-1.fits")
-    write_l0(night / f"KP.20230607.00900.00.fits")
+    write_l0(night / "KP.20230607.00900.00.fits")
     frames, ignored = scan_night(tmp_path, DATE, tmp_path / "index.json", GEOM)
     by = {f.name[12:17]: f for f in frames}
     assert sorted(by) == ["00100", "00200", "00300", "00400", "00500", "00600", "00700", "00800"]

@@ -26,7 +26,9 @@ def frame(name_sec, imtype, exptime, mjd, obj="x", problem="", shapes=None, **ex
 
 def test_rule_comparisons():
     f = frame(1, "bias", 0.0, 60000.1)
-    assert check_rule(f, {"keyword": "IMTYPE", "op": "==", "value": "Bias", "ignore_case": True}) == ""
+    assert (
+        check_rule(f, {"keyword": "IMTYPE", "op": "==", "value": "Bias", "ignore_case": True}) == ""
+    )
     assert "fails" in check_rule(f, {"keyword": "IMTYPE", "op": "==", "value": "Bias"})
     assert check_rule(f, {"keyword": "EXPTIME", "op": "<=", "value": 0.1}) == ""
     assert "missing" in check_rule(f, {"keyword": "ELAPSED", "op": "<=", "value": 0.1})
@@ -100,7 +102,13 @@ def test_unusable_frames_are_listed_not_used(base_config):
     assert "duplicate of KP.20230606.00600.00.fits" in picks["00700"][1]
     rows = plan.get("flat").rows()
     assert [r["L0FILE"][12:17] for r in rows] == [
-        "00100", "00200", "00400", "00500", "00600", "00700", "00300"
+        "00100",
+        "00200",
+        "00400",
+        "00500",
+        "00600",
+        "00700",
+        "00300",
     ]
     assert [r["USED"] for r in rows] == [True, False, False, False, True, False, False]
     assert rows[-1]["MJD_OBS"] is None  # missing MJD-OBS sorts last
