@@ -160,6 +160,26 @@ def overscan_level(
     return clipped_mean(e, geometry.nsigma)
 
 
+def robust_std(values: np.ndarray) -> float:
+    """1.4826 * median absolute deviation from the median (float64; the std of a normal)."""
+    x = np.asarray(values, dtype=np.float64).ravel()
+    deviation = np.abs(x - np.median(x))
+    return float(1.4826 * np.median(deviation, overwrite_input=True))
+
+
+def overscan_noise(
+    raw: np.ndarray, number: int, gain: float, geometry: AmpGeometry, adc_scale: float
+) -> float:
+    """Read noise (electrons) of amplifier ``number``: :func:`robust_std` of the same strip
+    as :func:`overscan_level` (all rows, the serial overscan less its edge columns)."""
+    oriented = orient(raw, number)
+    strip = oriented[:, geometry.strip_columns(oriented.shape[1])]
+    e = to_electrons(strip, adc_scale, gain, np.empty(strip.shape, dtype=np.float64))
+    if raw.dtype.kind == "f" and not np.isfinite(e).all():
+        return math.nan
+    return robust_std(e)
+
+
 def subtract_into(
     raw: np.ndarray, gain: float, level: float, adc_scale: float, out: np.ndarray
 ) -> None:
@@ -262,12 +282,16 @@ def read_ccd(
     return raws, gains
 
 
-def ccd_hdu(ccd: str, image: np.ndarray, levels: list[float]) -> fits.ImageHDU:
-    """``<CCD>_CCD`` extension: float32 electrons with BUNIT and OSCANV1..n."""
+def ccd_hdu(
+    ccd: str, image: np.ndarray, levels: list[float], noises: list[float] | None = None
+) -> fits.ImageHDU:
+    """``<CCD>_CCD`` extension: float32 electrons with BUNIT, OSCANV1..n and OSCANN1..n."""
     hdu = fits.ImageHDU(data=image, name=f"{ccd}_CCD")
     hdu.header["BUNIT"] = ("electrons", "units of the image")
     for number, level in enumerate(levels, start=1):
         hdu.header[f"OSCANV{number}"] = (level, f"overscan level of AMP{number} [electrons]")
+    for number, noise in enumerate(noises or [], start=1):
+        hdu.header[f"OSCANN{number}"] = (noise, f"overscan robust std of AMP{number} [e-]")
     return hdu
 
 
@@ -297,11 +321,19 @@ def convert_l0(
     ``threads``: amplifiers converted concurrently (see :func:`convert_ccd`).
 
     Report keys: ``output`` (path), ``amps`` ({ccd: number of amplifiers, 0 when absent}),
-    ``overscan`` ({ccd: levels in electrons}), ``ca_hk`` (bool), ``seconds`` (float).
+    ``overscan`` ({ccd: levels in electrons}), ``read_noise`` ({ccd: robust std of each
+    overscan strip in electrons, see :func:`overscan_noise`}), ``ca_hk`` (bool),
+    ``seconds`` (float).
     """
     t0 = time.perf_counter()
     l0_path, out_path = Path(l0_path), Path(out_path)
-    report: dict = {"output": str(out_path), "amps": {}, "overscan": {}, "ca_hk": False}
+    report: dict = {
+        "output": str(out_path),
+        "amps": {},
+        "overscan": {},
+        "read_noise": {},
+        "ca_hk": False,
+    }
     with open_l0(l0_path) as hdul:
         primary = hdul[0].header.copy()
         for key in ("CHECKSUM", "DATASUM"):
@@ -312,6 +344,7 @@ def convert_l0(
             namps = 0 if amps is None else len(amps[0])
             primary[AMPS_KEYWORD[ccd]] = (namps, f"number of {ccd} amplifiers")
             report["amps"][ccd], report["overscan"][ccd] = namps, []
+            report["read_noise"][ccd] = []
             if amps is None:
                 log.info("%s: no %s amplifier extensions; %s_CCD left out", l0_path, ccd, ccd)
                 continue
@@ -329,8 +362,12 @@ def convert_l0(
                         f"extension {ccd}_AMP{number}: NaN/Inf values in the serial-overscan "
                         f"strip (stored columns {first}..{last}), expected finite values",
                     )
-            report["overscan"][ccd] = levels
-            extensions.append(ccd_hdu(ccd, image, levels))
+            noises = [
+                overscan_noise(raw, number, gain, geometry, adc_scale)
+                for number, (raw, gain) in enumerate(zip(raws, gains, strict=True), start=1)
+            ]
+            report["overscan"][ccd], report["read_noise"][ccd] = levels, noises
+            extensions.append(ccd_hdu(ccd, image, levels, noises))
         if not extensions:
             raise InputError(
                 l0_path,
@@ -352,7 +389,8 @@ def describe(report: dict) -> str:
     for ccd, namps in report["amps"].items():
         if namps:
             levels = ", ".join(f"{v:.2f}" for v in report["overscan"][ccd])
-            parts.append(f"{ccd} {namps} amps (overscan {levels} e-)")
+            noises = ", ".join(f"{v:.2f}" for v in report.get("read_noise", {}).get(ccd, []))
+            parts.append(f"{ccd} {namps} amps (overscan {levels} e-, read noise {noises} e-)")
         else:
             parts.append(f"{ccd} absent")
     parts.append("CA_HK copied" if report["ca_hk"] else "no CA_HK")

@@ -242,7 +242,11 @@ def test_convert_recovers_truth_and_overscan_exactly(tmp_path, namps):
                 level = PEDESTALS[ccd][number - 1] * GAINS[ccd][number - 1]
                 assert hdu.header[f"OSCANV{number}"] == level
                 assert report["overscan"][ccd][number - 1] == level
+                # a constant strip (two hot pixels aside): read noise 0 by the robust std
+                assert hdu.header[f"OSCANN{number}"] == 0.0
+                assert report["read_noise"][ccd][number - 1] == 0.0
             assert f"OSCANV{namps + 1}" not in hdu.header
+            assert f"OSCANN{namps + 1}" not in hdu.header
         hk = hdul["CA_HK"]
         np.testing.assert_array_equal(hk.data, np.arange(192, dtype=np.int32).reshape(12, 16))
         assert hk.data.dtype.kind == "i" and hk.header["HKNOTE"] == "kept"
@@ -323,6 +327,13 @@ def test_noisy_overscan_and_full_geometry(tmp_path):
         stored_strip = amps[number - 1][:, stored_layout(number, geo, nrows, dcols + 54)[2]]
         level = reference_clipped_mean(stored_strip / ADC * gain, 2.1)
         assert report["overscan"]["GREEN"][number - 1] == level
+        # read noise: 1.4826 * MAD of the same strip, in electrons (hot pixels do not count)
+        e = stored_strip / ADC * gain
+        mad = 1.4826 * np.median(np.abs(e - np.median(e)))
+        assert report["read_noise"]["GREEN"][number - 1] == pytest.approx(mad, rel=1e-12)
+        assert fits.getheader(out, "GREEN_CCD")[f"OSCANN{number}"] == pytest.approx(mad, rel=1e-12)
+        # uniform integers in +-20 DN: std 20 / sqrt(3) DN, MAD-based 1.4826 * 10 DN
+        assert abs(mad / (1.4826 * 10 * gain) - 1) < 0.05
         assert abs(level - PEDESTALS["GREEN"][number - 1] * gain) < 20 * gain
         rows, cols = tile_of(number, 2, drows, dcols)
         raw_data = t[rows, cols] + PEDESTALS["GREEN"][number - 1] * ADC
@@ -630,6 +641,11 @@ def test_simulated_night_with_noise_within_read_noise(tmp_path):
                 # overscan strip: 158 rows x 40 columns of read noise -> level good to ~rn / 80
                 level = truth.pedestal[amp] * truth.gain[amp]
                 assert abs(report["overscan"][ccd][amp] - level) < 5 * rn / 80
+                # read noise of the strip (6320 values): robust std good to ~2%
+                assert abs(report["read_noise"][ccd][amp] / rn - 1) < 0.08
+                assert fits.getheader(out, f"{ccd}_CCD")[f"OSCANN{amp + 1}"] == pytest.approx(
+                    report["read_noise"][ccd][amp]
+                )
                 diff = got[rows, cols] - want[rows, cols]
                 sigma = np.sqrt(rn**2 + np.clip(want[rows, cols], 0, None) * (frame.exptime > 0))
                 z = diff / sigma
