@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Full-size night benchmark: simulate a KPF night at 4080 x 4080 per CCD (about 20 biases,
+# 5 darks, 30 flats, two arclamp OBJECTs of 8 frames; ~10 GB of L0) and time
+# `snakemake --cores 2` on it. Prints total wall time, time per rule and peak RSS per job
+# (from Snakemake's benchmark files) and appends the table to bench/RESULTS.md.
+#
+#   bash bench/night.sh [WORKDIR]        (default /tmp/kpf-night-bench; needs ~25 GB free)
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+work=${1:-/tmp/kpf-night-bench}
+py=${PYTHON:-$repo/.venv/bin/python}
+date=20230606
+mkdir -p "$work"
+
+if [ ! -f "$work/sim/truth/$date/frames.json" ]; then
+    echo "simulating a full-size night in $work/sim ..."
+    /usr/bin/time -f "simulation: %e s, peak RSS %M KiB" "$py" -m kpfmasters.cli simulate \
+        --date $date --out "$work/sim" --size full --seed 1 \
+        --counts bias=20,dark=5,flat=30,arclamp=8
+fi
+rm -rf "$work/work" "$work/masters" "$work/.snakemake"
+start=$(date +%s.%N)
+"$py" -m snakemake -s "$repo/Snakefile" -d "$work" --cores 2 --quiet rules \
+    --config date=$date l0_root="$work/sim/L0" work_root="$work/work" \
+    masters_root="$work/masters" order_mask="$work/sim/order_mask.fits" > "$work/run.log" 2>&1
+end=$(date +%s.%N)
+"$py" "$repo/bench/night_report.py" "$work/work/benchmarks/$date" \
+    --wall "$(echo "$end - $start" | bc)" --append "$repo/bench/RESULTS.md"
