@@ -186,13 +186,18 @@ def subtract_into(
     """``out[...] = float32(raw / adc_scale * gain - level)``, in float64 blocks of rows.
 
     ``raw`` and ``out`` are 2-D of the same shape (views allowed, any strides); the float64
-    scratch block is reused so no full-size temporary is made.
+    scratch block is reused so no full-size temporary is made. Non-finite values of a
+    floating-point ``raw`` (NaN, +-Inf) become NaN: a missing pixel for the stack.
     """
     scratch = np.empty((min(ROW_BLOCK, raw.shape[0]), raw.shape[1]), dtype=np.float64)
+    floating = raw.dtype.kind == "f"
     for start in range(0, raw.shape[0], ROW_BLOCK):
         src = raw[start : start + ROW_BLOCK]
         block = to_electrons(src, adc_scale, gain, scratch[: src.shape[0]])
-        np.subtract(block, level, out=out[start : start + ROW_BLOCK], casting="unsafe")
+        dest = out[start : start + ROW_BLOCK]
+        np.subtract(block, level, out=dest, casting="unsafe")
+        if floating:
+            dest[np.isinf(dest)] = np.nan
 
 
 def convert_amp(
