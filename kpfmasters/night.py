@@ -26,10 +26,13 @@ from .naming import parse_l0_name
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 HEADER_KEYS = ("IMTYPE", "OBJECT", "EXPTIME", "ELAPSED", "MJD-OBS", "DATE-OBS")
 CCDS = ("GREEN", "RED")
 _AMP_RE = re.compile(r"^(GREEN|RED)_AMP([1-4])$")
+# astropy's warning when it reads non-ASCII header bytes (it replaces each by "?"): the
+# header is still read, so the file stays usable and the index notes it.
+NON_ASCII_WARNING = "non-ASCII characters are present in the FITS file header"
 
 
 @dataclass
@@ -39,6 +42,7 @@ class Frame:
     ``header`` holds the raw values of :data:`HEADER_KEYS` (JSON types; absent keys absent).
     ``ccd_shapes`` maps ``GREEN_CCD``/``RED_CCD``/``CA_HK`` to the (rows, cols) the 2D image
     will have. ``problem`` is empty for a usable file, else says why it cannot be used.
+    ``note`` says what was read leniently (non-ASCII header bytes, read as ``?``).
     """
 
     name: str
@@ -48,6 +52,7 @@ class Frame:
     header: dict = field(default_factory=dict)
     ccd_shapes: dict = field(default_factory=dict)
     problem: str = ""
+    note: str = ""
 
     @property
     def stem(self) -> str:
@@ -139,8 +144,9 @@ def read_frame(path: Path, amp_geometry: dict) -> Frame:
         frame.problem = "empty file (0 bytes)"
         return frame
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("error", AstropyUserWarning)
+            warnings.filterwarnings("always", NON_ASCII_WARNING, AstropyUserWarning)
             with fits.open(path, lazy_load_hdus=True, memmap=False) as hdul:
                 primary = hdul[0].header
                 frame.header = {k: _jsonable(primary[k]) for k in HEADER_KEYS if k in primary}
@@ -160,6 +166,8 @@ def read_frame(path: Path, amp_geometry: dict) -> Frame:
         return frame
     frame.ccd_shapes = {k: list(v) for k, v in shapes.items()}
     frame.problem = problem
+    if any(NON_ASCII_WARNING in str(w.message) for w in caught):
+        frame.note = "non-ASCII characters in a header were read as '?' (FITS headers are ASCII)"
     return frame
 
 

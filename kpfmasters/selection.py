@@ -139,7 +139,10 @@ def _usability(frames: list[Frame], mtype: str) -> dict[str, str]:
     for frame in frames:
         reason = frame.problem
         if not reason and frame.number("MJD-OBS") is None:
-            reason = f"MJD-OBS missing or not a number ({frame.header.get('MJD-OBS')!r})"
+            if "MJD-OBS" in frame.header:
+                reason = f"MJD-OBS {frame.header['MJD-OBS']!r} is not a number"
+            else:
+                reason = "MJD-OBS missing"
         if not reason and mtype in NORMALISED:
             exptime = frame.number("EXPTIME")
             if exptime is None or exptime <= 0:
@@ -206,6 +209,25 @@ class NightPlan:
     def arclamps(self) -> list[Selection]:
         return [s for k, s in self.selections.items() if k.startswith("arclamp_")]
 
+    def unselectable(self) -> list[tuple[str, str]]:
+        """``(name, reason)`` of readable frames no master picked or nearly picked because a
+        keyword a selection rule needs is missing or not a number (e.g. no IMTYPE)."""
+        seen = {p.frame.name for sel in self.selections.values() for p in sel.picks}
+        seen |= {name for sel in self.selections.values() for name, _ in sel.near_misses}
+        rules = [rule for sel in self.selections.values() for rule in sel.rules]
+        out = []
+        for frame in self.frames:
+            if frame.problem or frame.name in seen:
+                continue
+            reasons = dict.fromkeys(
+                reason
+                for rule in rules
+                if (reason := check_rule(frame, rule)).endswith(("missing", "is not a number"))
+            )
+            if reasons:
+                out.append((frame.name, "; ".join(reasons)))
+        return out
+
     def log_lines(self) -> list[str]:
         lines = [f"night {self.date}: {len(self.frames)} L0 file(s)"]
         for name, reason in self.ignored:
@@ -213,6 +235,10 @@ class NightPlan:
         for frame in self.frames:
             if frame.problem:
                 lines.append(f"  unusable {frame.name}: {frame.problem}")
+            elif frame.note:
+                lines.append(f"  note {frame.name}: {frame.note}")
+        for name, reason in self.unselectable():
+            lines.append(f"  not selected by any master {name}: {reason}")
         for sel in self.selections.values():
             lines.extend(sel.summary())
         return lines
