@@ -19,9 +19,11 @@ include: "rules/dark.smk"
 include: "rules/flat.smk"
 include: "rules/arclamp.smk"
 include: "rules/night.smk"
+include: "rules/qa.smk"
 
 
 rule all:
     default_target: True
     input:
         all_targets(),
+        qa_targets(),

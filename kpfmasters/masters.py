@@ -22,6 +22,7 @@ from . import __version__
 from .errors import InputError
 from .fitsutil import write_fits
 from .flat import load_order_mask, normalize_flat
+from .qa import ccd_statistics, previous_master, qc_cards, read_frame_headers
 from .stack import stack_files
 
 log = logging.getLogger(__name__)
@@ -216,6 +217,7 @@ def build_master(job: MasterJob) -> dict:
     counts: dict[str, int] = {}
     summary: dict = {"output": job.output, "extensions": {}}
     infobits = 0
+    previous, previous_medians = previous_master(job.output, job.date)
     for ext in wanted:
         members = present[ext]
         if not members:
@@ -276,6 +278,18 @@ def build_master(job: MasterJob) -> dict:
         hdr["NFRAMES"] = len(paths)
         hdr["MINMJD"] = min(mjds)
         hdr["MAXMJD"] = max(mjds)
+        qc = ccd_statistics(
+            job.mtype,
+            data,
+            unc,
+            result.cnt,
+            len(paths),
+            int(job.settings["flag_min_count"]),
+            read_frame_headers(paths, ext),
+            previous_medians.get(ext),
+        )
+        for key, value, comment in qc_cards(qc, previous.name if previous else None):
+            hdr[key] = (value, comment)
         images[ext] = fits.ImageHDU(np.asarray(data, dtype=np.float64), header=hdr, name=ext)
         images[f"{ext}_UNC"] = fits.ImageHDU(np.asarray(unc, dtype=np.float32), name=f"{ext}_UNC")
         images[f"{ext}_CNT"] = fits.ImageHDU(
@@ -288,6 +302,7 @@ def build_master(job: MasterJob) -> dict:
             "low_count_fraction": float(
                 np.count_nonzero(result.cnt < int(job.settings["flag_min_count"])) / result.cnt.size
             ),
+            "qc": qc,
         }
     stacked = [e for e in CCD_EXTS if e in counts]
     if not stacked:
@@ -301,6 +316,8 @@ def build_master(job: MasterJob) -> dict:
     with fits.open(job.frames[0], lazy_load_hdus=True) as hdul:
         first = hdul[0].header.copy()
     header = primary_header(job, first, used_rows, len(job.frames), infobits)
+    if previous is not None:
+        header["QCPREV"] = (previous.name, "previous master of this type (QC* keywords)")
     hdus = [fits.PrimaryHDU(header=header)]
     hdus += [images[e] for e in stacked]
     for ext in stacked:

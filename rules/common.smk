@@ -2,6 +2,7 @@
 import os
 import sys
 from functools import lru_cache
+from pathlib import Path
 
 # The package is importable from the checkout, installed or not (conda envs, cluster jobs).
 sys.path.insert(0, workflow.basedir)
@@ -104,3 +105,36 @@ def selection_lines(wildcards):
 
 def night_masters(wildcards):
     return PLANS.night_targets(wildcards.date)
+
+
+# -- quality assessment (rules/qa.smk) -------------------------------------------------------
+QA_CFG = CFG.get("qa") or {}
+
+
+def qa_kinds(date):
+    """Master kinds (bias, dark, flat, arclamp_<tag>) the night makes."""
+    prefix = f"kpf_{date}_master_"
+    return [
+        Path(p).name[len(prefix) : -len(".fits")] for p in PLANS.night_targets(date)
+    ]
+
+
+def qa_order_mask(wildcards):
+    return [CFG["order_mask"]] if wildcards.kind == "flat" else []
+
+
+def qa_settings_of(wildcards):
+    return CFG["masters"][wildcards.kind.split("_", 1)[0]]
+
+
+def qa_previews(wildcards):
+    return [f"{WORK}/qa/{wildcards.date}/{kind}" for kind in qa_kinds(wildcards.date)]
+
+
+def qa_targets():
+    """The QA document of every night that makes a master (part of the default target)."""
+    return [
+        f"{MASTERS}/{date}/kpf_{date}_masters_qa.json"
+        for date in NIGHTS
+        if PLANS.night_targets(date)
+    ]

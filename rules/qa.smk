@@ -1,0 +1,70 @@
+# Quality assessment: previews and statistics of every master, the night's QA document, and
+# what `snakemake --report report.html` shows (captions in report/).
+report: "../report/workflow.rst"
+
+
+wildcard_constraints:
+    kind=r"(bias|dark|flat|arclamp_[A-Za-z0-9._+-]+)",
+
+
+rule master_qa:
+    """Previews (image and histograms per CCD) and the statistics/provenance page of a master."""
+    input:
+        master=f"{MASTERS}/{{date}}/kpf_{{date}}_master_{{kind}}.fits",
+        order_mask=qa_order_mask,
+    output:
+        report(
+            directory(f"{WORK}/qa/{{date}}/{{kind}}"),
+            patterns=["{ccd}-{figure}.png", "{ccd}-{figure}.html"],
+            caption="../report/master.rst",
+            category="master {kind}",
+            subcategory="night {date}",
+            labels={"night": "{date}", "part": "{ccd}", "figure": "{figure}"},
+        ),
+    log:
+        f"{WORK}/logs/{{date}}/qa_{{kind}}.log",
+    conda:
+        "../envs/kpfmasters.yaml"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=15,
+    params:
+        qa=QA_CFG,
+        settings=qa_settings_of,
+        flag_fraction=CFG["flag_fraction"],
+    script:
+        "../scripts/master_qa.py"
+
+
+rule night_qa:
+    """The night's QA document (statistics, provenance, warnings) and statistics page."""
+    input:
+        masters=night_masters,
+        previews=qa_previews,
+    output:
+        json=report(
+            f"{MASTERS}/{{date}}/kpf_{{date}}_masters_qa.json",
+            caption="../report/qa_json.rst",
+            category="night summary",
+            subcategory="night {date}",
+            labels={"night": "{date}", "figure": "QA document (JSON)"},
+        ),
+        table=report(
+            f"{WORK}/qa/{{date}}/statistics.html",
+            caption="../report/statistics.rst",
+            category="night summary",
+            subcategory="night {date}",
+            labels={"night": "{date}", "figure": "statistics and warnings"},
+        ),
+    log:
+        f"{WORK}/logs/{{date}}/qa_night.log",
+    localrule: True
+    conda:
+        "../envs/kpfmasters.yaml"
+    params:
+        qa=QA_CFG,
+        flag_fraction=CFG["flag_fraction"],
+        settings=CFG["masters"],
+    script:
+        "../scripts/night_qa.py"
