@@ -19,6 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from kpfmasters.pipeline import snakemake_argv  # noqa: E402
 from kpfmasters.simulate import simulate_night  # noqa: E402
 
 COUNTS = {
@@ -50,26 +51,14 @@ def main() -> int:
             night.order_mask_path.rename(sim / "order_mask.fits")
     nfiles = sum(1 for _ in (sim / "L0").glob("*/*.fits"))
     print(f"{len(dates)} nights, {nfiles} L0 files (simulated in {time.monotonic() - t0:.0f} s)")
-    argv = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(work),
-        "--dry-run",
-        "--quiet",
-        "rules",
-        "--cores",
-        "2",
-        "--config",
-        f"dates={dates[0]}..{dates[-1]}",
-        f"l0_root={sim / 'L0'}",
-        f"work_root={work / 'work'}",
-        f"masters_root={work / 'masters'}",
-        f"order_mask={sim / 'order_mask.fits'}",
-    ]
+    config = {
+        "dates": f"{dates[0]}..{dates[-1]}",
+        "l0_root": sim / "L0",
+        "work_root": work / "work",
+        "masters_root": work / "masters",
+        "order_mask": sim / "order_mask.fits",
+    }
+    argv = snakemake_argv(config, workdir=work, cores=2, extra=["--dry-run", "--quiet", "rules"])
     for index in (work / "work" / "index").glob("*.json"):
         index.unlink()
     for label in ("cold (headers read)", "warm (index reused)"):

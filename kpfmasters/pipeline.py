@@ -25,19 +25,20 @@ class NightLocked(KPFMastersError):
 
 
 def snakemake_argv(
-    cfg: dict,
-    date: str,
+    config: dict,
     *,
     workdir: str | Path,
     profile: str | Path | None = None,
-    cores: int | None = None,
+    cores: int | str | None = None,
     configfiles: list[str | Path] | tuple = (),
     extra: list[str] | tuple[str, ...] = (),
 ) -> list[str]:
-    """The ``snakemake`` command line for one night with ``cfg``'s (expanded) paths.
+    """The ``snakemake`` command line on this checkout's Snakefile.
 
-    ``configfiles`` replace the Snakefile's own ``config.yaml`` (Snakemake ignores the
-    ``configfile:`` directive once ``--configfile`` is given), later files overriding earlier.
+    ``config`` becomes ``--config key=value`` items (flat values only: Snakemake reads nested
+    ones as strings). ``configfiles`` replace the Snakefile's own ``config.yaml`` (Snakemake
+    ignores the ``configfile:`` directive once ``--configfile`` is given), later files
+    overriding earlier. Without a profile or ``cores``, all cores are used.
     """
     argv = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir)]
     if profile:
@@ -48,8 +49,13 @@ def snakemake_argv(
         argv += ["--cores", "all"]
     if configfiles:
         argv += ["--configfile", *(str(c) for c in configfiles)]
-    argv += ["--config", f"date={date}", *(f"{k}={cfg[k]}" for k in PATH_KEYS)]
+    argv += ["--config", *(f"{k}={v}" for k, v in config.items())]
     return argv + list(extra)
+
+
+def night_config(cfg: dict, date: str) -> dict:
+    """``--config`` items for one night with ``cfg``'s (expanded) paths."""
+    return {"date": date, **{k: cfg[k] for k in PATH_KEYS}}
 
 
 def child_env() -> dict:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from kpfmasters.pipeline import snakemake_argv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,20 +59,7 @@ def snakemake(
 ) -> subprocess.CompletedProcess:
     """Run ``snakemake --cores 2`` on the repository's Snakefile with ``night``'s paths."""
     cfg = night.config(**(config or {}))
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(night.root),
-        "--cores",
-        "2",
-        "--config",
-        *(f"{k}={v}" for k, v in cfg.items()),
-        *args,
-    ]
+    cmd = snakemake_argv(cfg, workdir=night.root, cores=2, extra=args)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:

@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from kpfmasters.pipeline import snakemake_argv
+
 from slurm_cluster import SlurmCluster, unavailable_reason
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,28 +112,16 @@ def _simulate(root: Path) -> None:
 
 def _workflow(profile: str, run_dir: Path, sim: Path, env: dict, limit: int, *extra: str):
     """``snakemake --profile profiles/<profile>`` on both nights; (returncode, log text)."""
-    cmd = [
-        "timeout",
-        "-s",
-        "KILL",
-        str(limit),
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(run_dir),
-        "--profile",
-        str(REPO / "profiles" / profile),
-        "--config",
-        f"dates={DATES[0]}..{DATES[-1]}",
-        f"l0_root={sim / 'L0'}",
-        f"order_mask={sim / 'order_mask.fits'}",
-        f"work_root={run_dir / 'work'}",
-        f"masters_root={run_dir / 'masters'}",
-        *extra,
-    ]
+    config = {
+        "dates": f"{DATES[0]}..{DATES[-1]}",
+        "l0_root": sim / "L0",
+        "order_mask": sim / "order_mask.fits",
+        "work_root": run_dir / "work",
+        "masters_root": run_dir / "masters",
+    }
+    profile_dir = REPO / "profiles" / profile
+    cmd = ["timeout", "-s", "KILL", str(limit)]
+    cmd += snakemake_argv(config, workdir=run_dir, profile=profile_dir, extra=extra)
     log = run_dir / "snakemake.log"
     run_dir.mkdir(parents=True)
     with open(log, "w") as fh:

@@ -19,7 +19,7 @@ import yaml
 
 from ..config import DEFAULT_CONFIG_PATH, REPO_ROOT, load_config
 from ..errors import KPFMastersError
-from ..pipeline import PipelineError, night_lock, run_snakemake, snakemake_argv
+from ..pipeline import PipelineError, night_config, night_lock, run_snakemake, snakemake_argv
 from ..summary import format_table, master_row, night_masters
 
 HELP = "run one night's masters through Snakemake and register them (the daily cron job)"
@@ -86,8 +86,7 @@ def run(args) -> int:
             override.parent.mkdir(parents=True, exist_ok=True)
             override.write_text(yaml.safe_dump({"database": {"enabled": not args.no_register}}))
             argv = snakemake_argv(
-                cfg,
-                date,
+                night_config(cfg, date),
                 workdir=cfg["work_root"],
                 profile=args.profile,
                 cores=args.cores,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..config import load_config
 from ..errors import KPFMastersError
-from ..pipeline import PipelineError, run_snakemake, snakemake_argv
+from ..pipeline import PipelineError, night_config, run_snakemake, snakemake_argv
 from ..summary import format_table, master_row, night_masters
 
 HELP = "simulate a small night, run the pipeline on it and register it (a tour)"
@@ -69,7 +69,7 @@ def run(args) -> int:
         print(f"  {len(night.frames)} L0 files, order mask {night.order_mask_path}")
     else:
         print(f"Using the simulated night already in {sim}")
-    argv = snakemake_argv(cfg, args.date, workdir=base, cores=args.cores)
+    argv = snakemake_argv(night_config(cfg, args.date), workdir=base, cores=args.cores)
     print("Running the pipeline:\n  " + " ".join(argv[1:]))
     if run_snakemake(argv) != 0:
         raise PipelineError(f"the pipeline failed; see the logs under {base / 'work' / 'logs'}")
