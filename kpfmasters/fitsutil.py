@@ -2,7 +2,9 @@
 
 Every product is written under a temporary name in the destination directory, flushed to
 disk, and renamed over the final name, so a reader (or a killed job) never sees a
-half-written file under the final name.
+half-written file under the final name. A temporary file a killed writer left behind is
+harmless (hidden, never a final name) and is removed by the next successful write of the
+same product.
 """
 
 from __future__ import annotations
@@ -26,12 +28,51 @@ def temporary_name(path: str | Path) -> Path:
     return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporary files of ``path`` left by writers that no longer run.
+
+    A file ``.<name>.tmp-<pid>`` beside ``path`` is stale when ``<pid>`` is not this process
+    and no process with that id exists on this host. Returns the files removed.
+    """
+    path = Path(path)
+    prefix = f".{path.name}{TMP_MARK}"
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        pid_text = entry.name[len(prefix) :]
+        if not (entry.name.startswith(prefix) and pid_text.isdigit()):
+            continue
+        pid = int(pid_text)
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        try:
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            continue
+        removed.append(Path(entry.path))
+    return removed
+
+
 @contextmanager
 def atomic_output(path: str | Path):
     """Yield a temporary path; on success rename it to ``path``, on any error remove it.
 
     The temporary file lives in the destination directory so the final ``os.replace`` is a
-    rename within one file system (atomic on POSIX).
+    rename within one file system (atomic on POSIX). After a successful rename, stale
+    temporaries of ``path`` (see :func:`remove_stale_temporaries`) are removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +85,7 @@ def atomic_output(path: str | Path):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    remove_stale_temporaries(path)
 
 
 def write_fits(hdul: fits.HDUList, path: str | Path) -> Path:
@@ -51,6 +93,29 @@ def write_fits(hdul: fits.HDUList, path: str | Path) -> Path:
     with atomic_output(path) as tmp:
         hdul.writeto(tmp, checksum=True, overwrite=True, output_verify="exception")
     return Path(path)
+
+
+def check_complete(path: str | Path) -> None:
+    """Raise :class:`InputError` unless every header of ``path`` reads and every HDU's data
+    lies within the file (an empty, non-FITS or truncated file fails). Reads headers only:
+    cheap, but no checksum is verified."""
+    path = Path(path)
+    read_primary_header(path)
+    size = path.stat().st_size
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", AstropyUserWarning)
+            with fits.open(path, lazy_load_hdus=True, memmap=False) as hdul:
+                hdul.readall()
+                for index in range(len(hdul)):
+                    info = hdul.fileinfo(index)
+                    end = info["datLoc"] + info["datSpan"]
+                    if end > size:
+                        raise InputError(
+                            path, f"is truncated: HDU {index} needs {end} bytes, file has {size}"
+                        )
+    except (OSError, ValueError, AstropyUserWarning) as exc:
+        raise InputError(path, f"is not a readable FITS file ({exc})") from exc
 
 
 def read_primary_header(path: str | Path) -> fits.Header:
