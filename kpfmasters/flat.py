@@ -23,6 +23,7 @@ from astropy.io import fits
 from scipy.ndimage import gaussian_filter
 
 from .errors import InputError
+from .fitsutil import check_complete
 
 MAX_ORDERLET = 5
 MAX_LABEL = 255  # largest orderlet value normalize_flat accepts
@@ -177,9 +178,16 @@ def load_order_mask(path: str | Path, extname: str, shape: tuple[int, int]) -> n
 
     ``shape``: the CCD's (rows, cols). Returns None when the file has no such extension
     (CA_HK never has one). Raises :class:`InputError` naming the file and extension when the
-    file cannot be read, the shape differs, or the values are not integers in 0..5.
+    file cannot be read, the shape differs, or the values are not integers in 0..5; a file
+    cut short or with a damaged header is refused as a whole (never read as "no extension").
     """
     path = Path(path)
+    try:
+        check_complete(path)
+    except InputError as exc:
+        raise InputError(
+            path, f"order mask extension {extname} cannot be read, the file {exc.problem}"
+        ) from exc
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
