@@ -8,6 +8,7 @@ time is used (ties go to the earlier night) within a maximum age, from the maste
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,23 +49,39 @@ def masters_on_disk(masters_root: str | Path, mtype: str) -> list[Candidate]:
 
 
 def nearest(
-    date: str, mtype: str, candidates: list[Candidate], max_age_days: int | None
+    date: str,
+    mtype: str,
+    candidates: list[Candidate],
+    max_age_days: int | None,
+    problem: Callable[[Candidate], str] | None = None,
 ) -> Candidate:
     """The candidate nearest to ``date`` (ties to the earlier night) within the age limit.
 
+    ``problem(candidate)``, when given, says why a master on disk cannot be used ('' when it
+    can); such candidates are passed over (pending ones are never checked).
     Raises :class:`NoPredecessorError` saying what was looked at when nothing qualifies.
     """
     others = [c for c in candidates if c.date != date]
     ranked = sorted(others, key=lambda c: (days_between(c.date, date), c.date))
+    passed: list[str] = []
     for cand in ranked:
         if max_age_days is None or days_between(cand.date, date) <= max_age_days:
-            return cand
+            why = "" if cand.pending or problem is None else problem(cand)
+            if not why:
+                return cand
+            passed.append(f"{cand.path.name} ({why})")
     if not ranked:
         detail = "none exists"
+    elif passed and len(passed) == len(ranked):
+        detail = "every one is unusable"
+    elif passed:
+        detail = f"no other is within the maximum age of {max_age_days} days"
     else:
         best = ranked[0]
         detail = (
             f"the nearest ({best.path.name}) is {days_between(best.date, date)} days away, "
             f"more than the maximum age of {max_age_days} days"
         )
+    if passed:
+        detail += "; passed over: " + ", ".join(passed)
     raise NoPredecessorError(f"night {date} has no master {mtype} of its own and {detail}")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from . import __version__
 from .config import config_hash
-from .errors import KPFMastersError, NoPredecessorError
+from .errors import InputError, KPFMastersError, NoPredecessorError
+from .fitsutil import check_complete
 from .naming import master_name, two_d_name
 from .night import scan_night
 from .predecessors import Candidate, masters_on_disk, nearest
@@ -47,6 +48,7 @@ class Plans:
         self.db_lookup = db_lookup
         self._plans: dict[str, NightPlan] = {}
         self._reported: set[str] = set()
+        self._unusable: dict[Path, str] = {}
 
     # -- paths -----------------------------------------------------------------------------
     def index_path(self, date: str) -> str:
@@ -91,9 +93,20 @@ class Plans:
             raise KPFMastersError(sel.why_not())
         return [self.twod_path(date, f.name) for f in sel.used]
 
+    def blocked(self, mtype: str) -> str:
+        """Why no master ``mtype`` can be made in this run at all ('' when it can): the flat
+        needs the order mask file (a missing one would stop Snakemake building anything)."""
+        if mtype == "flat" and not Path(self.cfg["order_mask"]).is_file():
+            return f"the order mask {self.cfg['order_mask']} does not exist"
+        return ""
+
+    def makes(self, date: str, mtype: str) -> bool:
+        """Whether this run makes ``date``'s own master ``mtype`` (bias, dark or flat)."""
+        return self.selection(date, mtype).buildable and not self.blocked(mtype)
+
     def predecessor(self, date: str, mtype: str) -> str:
         """Path of the master ``mtype`` that ``date``'s later masters are calibrated with."""
-        if self.selection(date, mtype).buildable:
+        if self.makes(date, mtype):
             return self.master_path(date, mtype)
         max_age = self.cfg["predecessors"]["max_age_days"]
         if self.db_lookup is not None:
@@ -101,10 +114,26 @@ class Plans:
         candidates = {c.date: c for c in masters_on_disk(self.cfg["masters_root"], mtype)}
         for night in self.cfg["nights"]:
             if night not in candidates and night != date:
-                if self.selection(night, mtype).buildable:
+                if self.makes(night, mtype):
                     path = Path(self.master_path(night, mtype))
                     candidates[night] = Candidate(night, path, pending=True)
-        return str(nearest(date, mtype, list(candidates.values()), max_age).path)
+        found = nearest(date, mtype, list(candidates.values()), max_age, self._disk_problem)
+        return str(found.path)
+
+    def _disk_problem(self, cand: Candidate) -> str:
+        """Why a master on disk cannot be a predecessor ('' if it looks complete); logged once.
+
+        Only headers and sizes are checked here; the checksums are verified when it is read.
+        """
+        if cand.path not in self._unusable:
+            try:
+                check_complete(cand.path)
+                self._unusable[cand.path] = ""
+            except InputError as exc:
+                self._unusable[cand.path] = exc.problem
+                if self.main_process and self.log:
+                    self.log.warning(f"master {exc}; not used as a predecessor")
+        return self._unusable[cand.path]
 
     def master_params(self, date: str, mtype: str, tag: str | None = None) -> dict:
         sel = self.selection(date, mtype, tag)
@@ -146,6 +175,12 @@ class Plans:
             if not sel.buildable:
                 if report and self.log:
                     self.log.warning(sel.why_not())
+                continue
+            if self.blocked(sel.mtype):
+                if report and self.log:
+                    self.log.error(
+                        f"master {sel.label} for {date} not made: {self.blocked(sel.mtype)}"
+                    )
                 continue
             try:
                 for needed in PREDECESSORS.get(sel.mtype, ()):
