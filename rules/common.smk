@@ -108,7 +108,8 @@ def night_masters(wildcards):
 
 
 # -- quality assessment (rules/qa.smk) -------------------------------------------------------
-QA_CFG = CFG.get("qa") or {}
+# Parameters in canonical key order: another configuration file must not look like a change.
+QA_CFG = ws.canonical(CFG.get("qa") or {})
 
 
 def qa_kinds(date):
@@ -124,7 +125,7 @@ def qa_order_mask(wildcards):
 
 
 def qa_settings_of(wildcards):
-    return CFG["masters"][wildcards.kind.split("_", 1)[0]]
+    return ws.canonical(CFG["masters"][wildcards.kind.split("_", 1)[0]])
 
 
 def qa_previews(wildcards):

@@ -65,6 +65,6 @@ rule night_qa:
     params:
         qa=QA_CFG,
         flag_fraction=CFG["flag_fraction"],
-        settings=CFG["masters"],
+        settings=ws.canonical(CFG["masters"]),
     script:
         "../scripts/night_qa.py"

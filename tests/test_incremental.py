@@ -32,6 +32,14 @@ MASTERS = {
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("incremental")]
 
 
+def with_qa(masters: set[str]) -> set[str]:
+    """Rebuilt masters plus the quality assessment that follows them (rules/qa.smk): each
+    master's QA folder (named by its kind), the night's QA document and statistics page."""
+    prefix = f"kpf_{DATE}_master_"
+    kinds = {m[len(prefix) : -len(".fits")] for m in masters}
+    return set(masters) | kinds | {f"kpf_{DATE}_masters_qa.json", "statistics.html"}
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("incr")
@@ -78,7 +86,7 @@ def test_incremental_rebuilds(built, tmp_path):
     # 2. A new bias frame: its own 2D file, then bias -> dark -> flat -> arclamps; no other 2D.
     bias0 = night.sim.expected("bias")[0].name
     new = add_frame_like(night, bias0, 70000.0)
-    assert set(dry_run_outputs(night)) == MASTERS | {
+    assert set(dry_run_outputs(night)) == with_qa(MASTERS) | {
         new.replace(".fits", "_2D.fits"),
         f"{DATE}.txt",  # the night's selection report
     }
@@ -90,11 +98,9 @@ def test_incremental_rebuilds(built, tmp_path):
     # 3. A new arclamp frame of one OBJECT: only that arclamp master (and its 2D file).
     une = night.sim.expected("arclamp", "autocal-une-sky")[0].name
     new_arc = add_frame_like(night, une, 71000.0)
-    assert set(dry_run_outputs(night)) == {
-        new_arc.replace(".fits", "_2D.fits"),
-        f"kpf_{DATE}_master_arclamp_autocal-une-sky.fits",
-        f"{DATE}.txt",
-    }
+    assert set(dry_run_outputs(night)) == with_qa(
+        {f"kpf_{DATE}_master_arclamp_autocal-une-sky.fits"}
+    ) | {new_arc.replace(".fits", "_2D.fits"), f"{DATE}.txt"}
     snakemake(night)
 
     # 4. A changed order mask: flat and arclamps.
@@ -103,18 +109,18 @@ def test_incremental_rebuilds(built, tmp_path):
     stat = night.order_mask.stat()
     os.utime(night.order_mask, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2 * 10**9))
     flat_and_arcs = {m for m in MASTERS if "bias" not in m and "dark" not in m}
-    assert set(dry_run_outputs(night)) == flat_and_arcs
+    assert set(dry_run_outputs(night)) == with_qa(flat_and_arcs)
     snakemake(night)
     assert dry_run_outputs(night) == []
 
     # 5. A changed parameter (the flat's clip k): flat and arclamps, nothing else.
     cfg = override_file(tmp_path, **{"masters.flat.nsigma": 2.5})
-    assert set(dry_run_outputs(night, "--configfile", cfg)) == flat_and_arcs
+    assert set(dry_run_outputs(night, "--configfile", cfg)) == with_qa(flat_and_arcs)
     # ... while a parameter of the arclamps only touches the arclamps.
     cfg = override_file(tmp_path, **{"masters.arclamp.nsigma": 3.0})
-    assert set(dry_run_outputs(night, "--configfile", cfg)) == {
-        m for m in MASTERS if "arclamp" in m
-    }
+    assert set(dry_run_outputs(night, "--configfile", cfg)) == with_qa(
+        {m for m in MASTERS if "arclamp" in m}
+    )
 
 
 def test_code_version_is_a_rule_parameter(monkeypatch):
