@@ -34,7 +34,7 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
 from .errors import InputError
-from .stack_kernel import RAW_BUFFER, stack_rows
+from .stack_kernel import RAW_BUFFER, stack_frames, stack_rows
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,9 @@ class _Input:
     def __init__(self, path: str | Path, extname: str, stack: ExitStack):
         self.path = str(path)
         self.extname = extname
+        self._stack = stack
+        self._map: mmap.mmap | None = None
+        self._map_view: np.ndarray | None = None
         try:
             handle = open(self.path, "rb")  # noqa: SIM115 (closed by the ExitStack)
         except OSError as exc:
@@ -356,6 +359,69 @@ class _Input:
             except (OSError, ValueError, AttributeError):
                 pass
 
+    # ---- zero-copy access to plain float images (no preprocess) ----------------------------
+
+    def address(self, r0: int) -> int:
+        """Address of row ``r0`` of the image in a read-only memory map of the file.
+
+        The map is made on first use and closed with the other resources of the stack.
+        """
+        if self._map is None:
+            try:
+                self._map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError) as exc:
+                raise InputError(
+                    self.path, f"extension {self.extname} cannot be memory-mapped ({exc})"
+                ) from exc
+            self._map_view = np.frombuffer(self._map, dtype=np.uint8)
+            self._stack.callback(self._unmap)
+        assert self._map_view is not None and self.raw is not None
+        return int(self._map_view.ctypes.data) + self.offset + r0 * self.row_bytes
+
+    @property
+    def row_bytes(self) -> int:
+        return self.shape[1] * (self.raw.itemsize if self.raw is not None else 0)
+
+    def prefetch(self, r0: int, r1: int) -> None:
+        """Map rows [r0, r1) into the process in one call (no page faults), where supported."""
+        self._advise(MADV_POPULATE_READ, r0, r1)
+
+    def release(self) -> None:
+        """Drop every mapped page of the file from the process (they stay in the page cache).
+
+        The whole map, not just the band: Linux maps large page-cache folios whole, so a
+        band's pages can spill up to a folio beyond either end of its rows.
+        """
+        if self._map is not None and hasattr(self._map, "madvise"):
+            try:
+                self._map.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):
+                pass
+
+    def _advise(self, option: int, r0: int, r1: int) -> None:
+        if self._map is None or not hasattr(self._map, "madvise"):
+            return
+        start = self.offset + r0 * self.row_bytes
+        end = self.offset + r1 * self.row_bytes
+        start -= start % mmap.PAGESIZE
+        try:
+            self._map.madvise(option, start, end - start)
+        except (OSError, ValueError, OverflowError):
+            pass  # an old kernel without the option: page faults do the same, more slowly
+
+    def _unmap(self) -> None:
+        self._map_view = None
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+
+#: madvise(2) option (Linux 5.14): populate the page tables of a range, reading if needed.
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
+#: Resident memory a memory-mapped band may take beyond its rows, per file: Linux maps large
+#: page-cache folios (up to 2 MiB) whole, so up to one folio spills past each end of a band.
+MAP_SLACK = 4 * 2**20
+
 
 def _pread_into(fd: int, target: np.ndarray, offset: int) -> int:
     """Read ``target.nbytes`` bytes at ``offset`` of ``fd`` into ``target``; return the count."""
@@ -390,14 +456,12 @@ def stack_files(
     band_rows: int = 0,
     memory_mb: int = 384,
     threads: int | None = None,
+    mmap_ok: bool = True,
 ) -> StackResult:
     """Clipped stack of image extension ``extname`` of the FITS files ``paths``, streamed.
 
-    Each file is opened once and all stay open; the image is read in bands of rows into one
-    buffer of shape (N, band, cols), so memory is about ``memory_mb`` (plus the outputs,
-    16 bytes a pixel) whatever N is. Without ``preprocess``, uncompressed float files are
-    read straight into the buffer as big-endian bytes, which the kernel decodes as it sorts
-    (one pass over the data).
+    Each file is opened once and all stay open; the image is processed in bands of rows, so
+    memory is about ``memory_mb`` (plus the outputs, 16 bytes a pixel) whatever N is.
 
     Parameters
     ----------
@@ -419,6 +483,18 @@ def stack_files(
         Budget of the band buffer in MiB when ``band_rows`` is 0.
     threads : int or None
         numba threads for the kernel (None: numba's default, all cores).
+    mmap_ok : bool
+        Allow the zero-copy path (below); False always copies into the band buffer.
+
+    Reading: without ``preprocess``, plain float32/float64 files are memory-mapped and the
+    kernel reads their big-endian bytes where the page cache holds them, a band at a time
+    (the band's pages are dropped from the process after it; a file truncated *while* it is
+    being read would then kill the process with SIGBUS, as with any memory map). The band is
+    sized so that its pages, plus up to 4 MiB a file of large page-cache folios mapped beyond
+    its ends, fit ``memory_mb``; with more files than that allows (N > memory_mb / 8), the
+    bytes are read (``preadv``) into the band buffer instead, still decoded by the kernel.
+    Other inputs (a ``preprocess``, integer, scaled or tile-compressed images) are read into
+    a float64 (float32 when all are float32 and nothing is applied) band buffer.
 
     Raises
     ------
@@ -445,9 +521,44 @@ def stack_files(
                 )
         rows, cols = first.shape
         nframes = len(inputs)
+        avg = np.empty((rows, cols), dtype=np.float64)
+        unc = np.empty((rows, cols), dtype=np.float32)
+        cnt = np.empty((rows, cols), dtype=np.int32)
         raws = {inp.raw for inp in inputs}
-        if preprocess is None and len(raws) == 1 and None not in raws:
-            dtype = RAW_BUFFER[raws.pop()]  # file bytes as they are; the kernel decodes
+        plain = preprocess is None and len(raws) == 1 and None not in raws
+        slack_mb = nframes * MAP_SLACK / 2**20
+        if plain and mmap_ok and slack_mb <= memory_mb / 2:
+            # Plain float files, nothing to apply: the kernel reads the file bytes where the
+            # page cache holds them (memory maps, a band at a time), no copy, no buffer.
+            dtype = RAW_BUFFER[raws.pop()]
+            budget = memory_mb - slack_mb
+            band = band_rows or band_height(nframes, cols, dtype.itemsize, budget, rows)
+            band = min(band, rows)
+            log.debug("stacking %s of %d files in place, bands of %d rows", extname, nframes, band)
+            nrej = 0
+            for r0 in range(0, rows, band):
+                r1 = min(rows, r0 + band)
+                frames = np.array([inp.address(r0) for inp in inputs], dtype=np.int64)
+                for inp in inputs:
+                    inp.prefetch(r0, r1)
+                nrej += stack_frames(
+                    frames,
+                    first.row_bytes,
+                    dtype,
+                    r1 - r0,
+                    cols,
+                    nsigma,
+                    cf,
+                    avg[r0:r1],
+                    unc[r0:r1],
+                    cnt[r0:r1],
+                    threads=threads,
+                )
+                for inp in inputs:
+                    inp.release()
+            return StackResult(avg, unc, cnt, nrej)
+        if plain:  # too many files to map: read the file bytes into the buffer, undecoded
+            dtype = RAW_BUFFER[raws.pop()]
         elif preprocess is None and all(inp.dtype == np.float32 for inp in inputs):
             dtype = np.dtype(np.float32)
         else:
@@ -468,9 +579,6 @@ def stack_files(
             buf.nbytes / 2**20,
         )
         scratch: dict = {}
-        avg = np.empty((rows, cols), dtype=np.float64)
-        unc = np.empty((rows, cols), dtype=np.float32)
-        cnt = np.empty((rows, cols), dtype=np.int32)
         nrej = 0
         for r0 in range(0, rows, band):
             r1 = min(rows, r0 + band)

@@ -169,6 +169,19 @@ def _decode(typingctx, value):
     return None
 
 
+@intrinsic
+def _pointer(typingctx, address, proto):
+    """The integer ``address`` as a typed pointer to elements of ``proto``'s dtype."""
+    if not isinstance(address, types.Integer) or not isinstance(proto, types.Array):
+        return None
+    pointer = types.CPointer(proto.dtype)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(pointer))
+
+    return pointer(address, proto), codegen
+
+
 #: Buffer dtype for each kind of input: raw big-endian file bytes, or native floats.
 RAW_BUFFER = {np.dtype(">f4"): np.dtype(np.uint32), np.dtype(">f8"): np.dtype(np.uint64)}
 BUFFER_DTYPES = (np.uint32, np.uint64, np.float32, np.float64)
@@ -305,9 +318,12 @@ def tile_width(nframes: int) -> int:
 
 @_jit(parallel=True, nogil=True)
 def _stack_rows(
-    buf,
+    frames,
+    row_bytes,
+    proto_in,
     proto,
     nrows,
+    ncols,
     net_a,
     net_b,
     full_a,
@@ -327,10 +343,12 @@ def _stack_rows(
     want_limits,
     limits,
 ):
-    """Clipped stack of rows ``[0, nrows)`` of ``buf`` (N, rows, cols) into avg/unc/cnt.
+    """Clipped stack of rows ``[0, nrows)`` of N frames into avg/unc/cnt.
 
-    ``buf`` holds native float32/float64 values or big-endian float bits as uint32/uint64
-    (see :func:`_decode`); ``proto`` is any array of the dtype to sort in (:func:`sort_dtype`).
+    Frame i's row r starts at address ``frames[i] + r * row_bytes`` and holds ``ncols``
+    elements of ``proto_in``'s dtype: native float32/float64 values, or big-endian float bits
+    as uint32/uint64 (see :func:`_decode`). The caller keeps that memory alive and readable.
+    ``proto`` is any array of the dtype to sort in (:func:`sort_dtype`).
     Work items (one band row, up to ``BLOCK`` columns) are spread over the threads; each walks
     its columns in tiles of ``tile`` pixels whose N x tile values stay in the L1/L2 cache.
     ``avg`` float64, ``unc`` float32, ``cnt`` int32, each (>= nrows, cols); ``rejected`` int64
@@ -340,8 +358,8 @@ def _stack_rows(
     Array indices are made unsigned where numba cannot prove them non-negative: its
     negative-index wraparound on signed indices would stop LLVM from vectorising the loops.
     """
-    nfr = buf.shape[0]
-    ncols = buf.shape[2]
+    nfr = frames.shape[0]
+    itemsize = proto_in.itemsize
     per_row = (ncols + BLOCK - 1) // BLOCK
     nitems = nrows * per_row
     # ranks and weights when every value of a pixel is valid (the common case)
@@ -373,8 +391,9 @@ def _stack_rows(
             for p in range(w):
                 nvalid[p] = 0
             for i in range(nfr):
+                src = _pointer(frames[i] + r * row_bytes + c0 * itemsize, proto_in)
                 for p in range(w):
-                    raw = _decode(buf[i, r, np.uint64(c0 + p)])
+                    raw = _decode(src[p])
                     missing = raw != raw
                     orig[i, p] = np.float64(raw)
                     srt[i, p] = np.inf if missing else raw
@@ -500,11 +519,63 @@ def stack_rows(
         When given, receives the clip limits m - k*s (row 0) and m + k*s (row 1) per pixel
         (NaN where no value is valid); for tests and diagnostics.
     """
-    nframes, _, ncols = buf.shape
-    if nframes < 1:
-        raise ValueError("at least one frame is needed")
     if buf.dtype not in BUFFER_DTYPES or buf.ndim != 3 or not buf.flags.c_contiguous:
         raise TypeError("buf must be a C-contiguous 3-D float32/float64/uint32/uint64 array")
+    nframes, rows, ncols = buf.shape
+    if not 0 <= nrows <= rows:
+        raise ValueError(f"nrows must be in 0..{rows}, got {nrows}")
+    base = buf.ctypes.data
+    frames = np.array([base + i * buf.strides[0] for i in range(nframes)], dtype=np.int64)
+    return stack_frames(
+        frames,
+        buf.strides[1],
+        buf.dtype,
+        nrows,
+        ncols,
+        nsigma,
+        cf,
+        avg,
+        unc,
+        cnt,
+        threads,
+        limits,
+        keepalive=buf,
+    )
+
+
+def stack_frames(
+    frames: np.ndarray,
+    row_bytes: int,
+    dtype,
+    nrows: int,
+    ncols: int,
+    nsigma: float,
+    cf: float,
+    avg: np.ndarray,
+    unc: np.ndarray,
+    cnt: np.ndarray,
+    threads: int | None = None,
+    limits: np.ndarray | None = None,
+    keepalive=None,
+) -> int:
+    """Run the kernel on N frames given by address; return the number of values rejected.
+
+    ``frames`` int64 (N,): the address of row 0 of each frame's band; row r of frame i starts
+    ``r * row_bytes`` bytes further and holds ``ncols`` elements of ``dtype`` (one of
+    :data:`BUFFER_DTYPES`). The memory must stay mapped and readable during the call (the
+    caller holds it; ``keepalive`` is only kept referenced). Other parameters as in
+    :func:`stack_rows`. This is how :func:`kpfmasters.stack.stack_files` stacks straight
+    from memory-mapped files, without copying them into a buffer.
+    """
+    dtype = np.dtype(dtype)
+    frames = np.ascontiguousarray(frames, dtype=np.int64)
+    nframes = frames.shape[0]
+    if nframes < 1:
+        raise ValueError("at least one frame is needed")
+    if dtype not in BUFFER_DTYPES:
+        raise TypeError(f"frames must hold float32/float64/uint32/uint64, not {dtype}")
+    if row_bytes < ncols * dtype.itemsize:
+        raise ValueError(f"row_bytes {row_bytes} is less than {ncols} x {dtype.itemsize}")
     for arr, dt in ((avg, np.float64), (unc, np.float32), (cnt, np.int32)):
         if (
             arr.dtype != dt
@@ -533,9 +604,12 @@ def stack_rows(
         numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
     try:
         _stack_rows(
-            buf,
-            np.empty(1, dtype=sort_dtype(buf.dtype)),
+            frames,
+            int(row_bytes),
+            np.empty(1, dtype=dtype),
+            np.empty(1, dtype=sort_dtype(dtype)),
             nrows,
+            ncols,
             pa,
             pb,
             fa,
@@ -557,4 +631,5 @@ def stack_rows(
         )
     finally:
         numba.set_num_threads(previous)
+    del keepalive
     return int(rejected.sum())

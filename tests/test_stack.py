@@ -236,8 +236,16 @@ def test_stack_files_equals_stack_cube_for_any_band_and_threads(tmp_path, small_
     expected = stack_cube(cube, 2.3)
     for band_rows in (1, 7, 64, 0):
         for threads in (1, 2):
-            got = stack_files(paths, "GREEN_CCD", 2.3, band_rows=band_rows, threads=threads)
-            assert_same_bits(got, expected)
+            for mmap_ok in (True, False):  # memory-mapped in place, or copied into a buffer
+                got = stack_files(
+                    paths,
+                    "GREEN_CCD",
+                    2.3,
+                    band_rows=band_rows,
+                    threads=threads,
+                    mmap_ok=mmap_ok,
+                )
+                assert_same_bits(got, expected)
 
 
 def test_stack_files_reads_scaled_integers(tmp_path):
