@@ -123,7 +123,7 @@ def render_preview(
         ys = (np.arange(on.shape[0]) + 0.5) * factor - 0.5
         xs = (np.arange(on.shape[1]) + 0.5) * factor - 0.5
         if on.min() < 0.5 < on.max():
-            ax.contour(xs, ys, on, levels=[0.5], colors="#00c8ff", linewidths=0.5)
+            ax.contour(xs, ys, on, levels=[0.5], colors="#00c8ff", linewidths=0.4, alpha=0.8)
     cbar = fig.colorbar(im, ax=ax, shrink=0.9, pad=0.02)
     cbar.set_label(unit or "value")
     ax.set_title(title, fontsize=9)

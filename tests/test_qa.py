@@ -362,3 +362,19 @@ def test_preview_keeps_fits_orientation(tmp_path):
     assert dark_rows.size > 100
     assert np.median(dark_rows) > grey.shape[0] / 2
     assert (tmp_path / "p.png").stat().st_size < 100_000
+
+
+def test_qa_configuration_defaults_and_validation():
+    from kpfmasters.config import load_config
+    from kpfmasters.errors import ConfigError
+    from kpfmasters.qa import DEFAULT_QA, qa_settings
+
+    cfg = load_config(overrides={"date": DATE})
+    assert cfg["qa"] == DEFAULT_QA  # config.yaml documents the same defaults as the code
+    assert qa_settings({"max_median_change": {"dark": 1.0}})["max_median_change"] == {
+        **DEFAULT_QA["max_median_change"],
+        "dark": 1.0,
+    }
+    for bad in ({"max_rejected_fraction": 2}, {"max_median_change": {"bias": -1}}, {"x": 1}):
+        with pytest.raises(ConfigError, match="qa"):
+            load_config(overrides={"date": DATE, "qa": bad})
