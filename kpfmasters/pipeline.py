@@ -78,6 +78,46 @@ def run_snakemake(argv: list[str], log_handle=None) -> int:
     return proc.returncode
 
 
+def snakemake_locks(workdir: str | Path) -> list[Path]:
+    """Snakemake's lock files under ``workdir`` (left behind when a run is killed)."""
+    return sorted((Path(workdir) / ".snakemake" / "locks").glob("*.lock"))
+
+
+@contextmanager
+def workflow_lock(work_root: str | Path, unlock_argv: list[str], log_handle=None):
+    """Hold a shared lock on ``<work_root>/locks/workflow.lock`` while a run goes on.
+
+    Every ``daily`` run of a work root takes it. A run that finds itself alone (it gets the
+    lock exclusively) knows any Snakemake lock under ``work_root`` was left by a killed run,
+    and removes it with ``unlock_argv`` (the run's own command line plus ``--unlock``), so a
+    run killed by SIGKILL or a power cut does not block the next one. Runs started by hand
+    on the same work root should go through ``daily`` too (they do not take this lock).
+    """
+    path = Path(work_root) / "locks" / "workflow.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            stale = snakemake_locks(work_root)
+            if stale:
+                if log_handle:
+                    log_handle.write(
+                        "removing a Snakemake lock left by a killed run: "
+                        + ", ".join(p.name for p in stale)
+                        + "\n"
+                    )
+                    log_handle.flush()
+                run_snakemake([*unlock_argv, "--unlock"], log_handle)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH)  # let other nights start
+        except BlockingIOError:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
+        yield path
+    finally:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        handle.close()
+
+
 @contextmanager
 def night_lock(lock_path: str | Path, date: str):
     """Hold an exclusive lock for ``date``; raise :class:`NightLocked` if another run has it.

@@ -19,7 +19,14 @@ import yaml
 
 from ..config import DEFAULT_CONFIG_PATH, REPO_ROOT, load_config
 from ..errors import KPFMastersError
-from ..pipeline import PipelineError, night_config, night_lock, run_snakemake, snakemake_argv
+from ..pipeline import (
+    PipelineError,
+    night_config,
+    night_lock,
+    run_snakemake,
+    snakemake_argv,
+    workflow_lock,
+)
 from ..summary import format_table, master_row, night_masters
 
 HELP = "run one night's masters through Snakemake and register them (the daily cron job)"
@@ -93,7 +100,8 @@ def run(args) -> int:
                 configfiles=[args.configfile or DEFAULT_CONFIG_PATH, override],
             )
             out.write("$ " + " ".join(argv) + "\n")
-            rc = run_snakemake(argv, out)
+            with workflow_lock(cfg["work_root"], argv, out):
+                rc = run_snakemake(argv, out)
             if rc != 0:
                 raise PipelineError(f"night {date}: snakemake failed (exit {rc}); see {log_path}")
             masters = night_masters(cfg["masters_root"], date)
