@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import io
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -30,6 +31,7 @@ from .fitsutil import atomic_output  # noqa: E402
 from .qa import QC_EXTS, master_kind, master_type  # noqa: E402
 
 DPI = 100
+log = logging.getLogger(__name__)
 
 
 def display_factor(shape: tuple[int, ...], max_pixels: int) -> int:
@@ -217,37 +219,56 @@ def master_previews(
         for ext in QC_EXTS:
             if ext not in hdul:
                 continue
-            hdr = hdul[ext].header
-            image = np.asarray(hdul[ext].data, dtype=np.float64)
-            cnt = np.asarray(hdul[f"{ext}_CNT"].data)
-            mask = None
-            if master_type(kind) == "flat" and order_mask and ext != "CA_HK":
-                with fits.open(order_mask, memmap=False) as m:
-                    if ext in m and m[ext].data is not None:
-                        mask = np.asarray(m[ext].data)
-            title = title_lines(path.stem, ext, hdr)
-            unit = hdr.get("BUNIT", "")
-            preview = outdir / f"{ext}-preview.png"
-            render_preview(image, preview, title, unit, max_pixels, mask)
-            hist = outdir / f"{ext}-histograms.png"
-            median, noise = hdr.get("QCMEDIAN"), hdr.get("QCNOISE")
-            if master_type(kind) == "flat":  # most of the flat is 1.0: histogram its traces
-                unc = np.asarray(hdul[f"{ext}_UNC"].data)
-                image = np.where(unc > 0, image, np.nan)
-                title += "  (normalised pixels, UNC > 0)"
-            render_histograms(
-                image,
-                cnt,
-                hist,
-                title,
-                unit,
-                int(hdr.get("NFRAMES", 0)),
-                flag_min_count,
-                median,
-                noise,
-            )
-            made[ext] = {"preview": str(preview), "histograms": str(hist)}
+            try:
+                made[ext] = ccd_previews(
+                    path, hdul, ext, outdir, kind, max_pixels, flag_min_count, order_mask
+                )
+            except Exception as exc:  # a preview never fails the night: logged, left out
+                log.error("%s %s: no preview (%s: %s)", path.name, ext, type(exc).__name__, exc)
     return made
+
+
+def ccd_previews(
+    path: Path,
+    hdul: fits.HDUList,
+    ext: str,
+    outdir: Path,
+    kind: str,
+    max_pixels: int,
+    flag_min_count: int,
+    order_mask: str | Path | None,
+) -> dict[str, str]:
+    """The preview and histograms PNGs of one CCD extension of an open master."""
+    hdr = hdul[ext].header
+    image = np.asarray(hdul[ext].data, dtype=np.float64)
+    cnt = np.asarray(hdul[f"{ext}_CNT"].data)
+    mask = None
+    if master_type(kind) == "flat" and order_mask and ext != "CA_HK":
+        with fits.open(order_mask, memmap=False) as m:
+            if ext in m and m[ext].data is not None:
+                mask = np.asarray(m[ext].data)
+    title = title_lines(path.stem, ext, hdr)
+    unit = hdr.get("BUNIT", "")
+    preview = outdir / f"{ext}-preview.png"
+    render_preview(image, preview, title, unit, max_pixels, mask)
+    hist = outdir / f"{ext}-histograms.png"
+    median, noise = hdr.get("QCMEDIAN"), hdr.get("QCNOISE")
+    if master_type(kind) == "flat":  # most of the flat is 1.0: histogram its traces
+        unc = np.asarray(hdul[f"{ext}_UNC"].data)
+        image = np.where(unc > 0, image, np.nan)
+        title += "  (normalised pixels, UNC > 0)"
+    render_histograms(
+        image,
+        cnt,
+        hist,
+        title,
+        unit,
+        int(hdr.get("NFRAMES", 0)),
+        flag_min_count,
+        median,
+        noise,
+    )
+    return {"preview": str(preview), "histograms": str(hist)}
 
 
 # -- HTML pages (statistics and provenance) -------------------------------------------------
@@ -265,9 +286,9 @@ code { font-size: 12px; }
 def _fmt(value, spec: str = ".4g") -> str:
     if value is None:
         return "-"
-    if isinstance(value, float):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return format(value, spec)
-    return str(value)
+    return html.escape(str(value))
 
 
 def _pct(value) -> str:
@@ -275,7 +296,7 @@ def _pct(value) -> str:
 
 
 def _list(values, spec=".2f") -> str:
-    return ", ".join(format(v, spec) for v in values) if values else "-"
+    return ", ".join(_fmt(v, spec) for v in values) if values else "-"
 
 
 def statistics_rows(records: list[dict]) -> str:
@@ -328,8 +349,9 @@ def provenance_block(rec: dict) -> str:
         used = "yes" if row["used"] else f"no: {html.escape(row.get('reason') or '')}"
         rows.append(
             f"<tr><td>{i}</td><td class=l>{html.escape(row['filename'])}</td>"
-            f"<td class=l>{html.escape(row['l0file'])}</td><td>{row['mjd_obs']:.6f}</td>"
-            f"<td>{row['exptime']:g}</td><td class=l>{used}</td></tr>"
+            f"<td class=l>{html.escape(row['l0file'])}</td>"
+            f"<td>{_fmt(row.get('mjd_obs'), '.6f')}</td><td>{_fmt(row.get('exptime'), 'g')}</td>"
+            f"<td class=l>{used}</td></tr>"
         )
     config = json.dumps(rec.get("configuration"), indent=1, sort_keys=True)
     return (

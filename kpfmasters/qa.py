@@ -419,6 +419,37 @@ def check_record(record: dict, qa: dict | None, flag_fraction: float = 0.01) -> 
     return warnings
 
 
+def assessed_record(
+    path: str | Path, qa: dict | None, flag_fraction: float, settings: dict | None = None
+) -> dict:
+    """:func:`master_record` with its ``warnings`` (:func:`check_record`).
+
+    QA never fails the night: a master whose record cannot be made (e.g. an unreadable file)
+    gets a record with an ``error`` and a warning saying so.
+    """
+    path = Path(path)
+    try:
+        record = master_record(path, settings)
+        record["warnings"] = check_record(record, qa, flag_fraction)
+        return record
+    except Exception as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+        log.error("QA of %s failed (%s)", path, problem)
+        kind = master_kind(path) or path.stem
+        return {
+            "master": kind,
+            "type": master_type(kind),
+            "file": path.name,
+            "path": str(path),
+            "date": None,
+            "error": problem,
+            "predecessors": {},
+            "inputs": [],
+            "ccds": {},
+            "warnings": [f"QA of {path.name} failed ({problem}): no statistics"],
+        }
+
+
 def night_report(
     date: str,
     masters: list[str | Path],
@@ -437,8 +468,9 @@ def night_report(
     all_warnings = []
     for path in masters:
         kind = master_kind(path)
-        record = master_record(path, (settings or {}).get(master_type(kind or "")))
-        record["warnings"] = check_record(record, qa, flag_fraction)
+        record = assessed_record(
+            path, qa, flag_fraction, (settings or {}).get(master_type(kind or ""))
+        )
         record["previews"] = (previews or {}).get(record["master"], {})
         all_warnings += record["warnings"]
         records.append(record)

@@ -10,7 +10,7 @@ from pathlib import Path
 from kpfmasters.fitsutil import atomic_output
 from kpfmasters.logs import script_logging
 from kpfmasters.previews import master_page, master_previews
-from kpfmasters.qa import check_record, master_record, qa_settings
+from kpfmasters.qa import assessed_record, qa_settings
 
 with script_logging(snakemake.log[0], "kpfmasters.master_qa") as log:
     qa = qa_settings(snakemake.params.qa)
@@ -22,15 +22,19 @@ with script_logging(snakemake.log[0], "kpfmasters.master_qa") as log:
         else []
     )
     out = Path(snakemake.output[0])
-    made = master_previews(
-        master,
-        out,
-        max_pixels=int(qa["preview_max_pixels"]),
-        flag_min_count=int(settings["flag_min_count"]),
-        order_mask=masks[0] if masks else None,
-    )
-    record = master_record(master, settings)
-    record["warnings"] = check_record(record, qa, float(snakemake.params.flag_fraction))
+    out.mkdir(parents=True, exist_ok=True)
+    try:  # QA never fails the night: a master that cannot be shown is logged
+        made = master_previews(
+            master,
+            out,
+            max_pixels=int(qa["preview_max_pixels"]),
+            flag_min_count=int(settings["flag_min_count"]),
+            order_mask=masks[0] if masks else None,
+        )
+    except Exception as exc:
+        log.error("no previews of %s (%s: %s)", master, type(exc).__name__, exc)
+        made = {}
+    record = assessed_record(master, qa, float(snakemake.params.flag_fraction), settings)
     with atomic_output(out / "master-provenance.html") as tmp:
         tmp.write_text(master_page(record))
-    log.info("previews of %s: %s", Path(master).name, ", ".join(sorted(made)))
+    log.info("previews of %s: %s", Path(master).name, ", ".join(sorted(made)) or "none")

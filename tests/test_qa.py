@@ -378,3 +378,31 @@ def test_qa_configuration_defaults_and_validation():
     for bad in ({"max_rejected_fraction": 2}, {"max_median_change": {"bias": -1}}, {"x": 1}):
         with pytest.raises(ConfigError, match="qa"):
             load_config(overrides={"date": DATE, "qa": bad})
+
+
+def test_qa_never_fails_on_odd_records(tmp_path, caplog):
+    """Inputs without MJD-OBS/EXPTIME (NaN in INPUTS) and an unreadable master still give
+    pages, a record with an error and a warning, and no exception."""
+    from kpfmasters.previews import master_page, master_previews, night_page
+    from kpfmasters.qa import assessed_record
+
+    broken = tmp_path / DATE / f"kpf_{DATE}_master_bias.fits"
+    broken.parent.mkdir()
+    broken.write_bytes(b"SIMPLE  =  not really")
+    record = assessed_record(broken, None, 0.01)
+    assert record["error"] and record["warnings"][0].startswith(f"QA of {broken.name} failed")
+    assert "QA of" in caplog.text
+    assert f"Provenance of {broken.name}" in master_page(record)
+    doc = {"date": DATE, "masters": [record], "warnings": record["warnings"]}
+    assert "1 QA warning(s)" in night_page(doc)
+    with pytest.raises(OSError):
+        master_previews(broken, tmp_path / "out")  # the script logs this and goes on
+    odd = {
+        "master": "bias",
+        "file": "x.fits",
+        "ccds": {"GREEN_CCD": {"median": None, "read_noise": [None, 3.0]}},
+        "inputs": [{"filename": "a", "l0file": "b", "mjd_obs": None, "exptime": None}],
+    }
+    odd["inputs"][0]["used"] = False
+    page = master_page(odd)
+    assert "<td>-</td><td>-</td>" in page and "-, 3.00" in page
