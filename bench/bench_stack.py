@@ -174,17 +174,22 @@ def run_once(cmd: list[str], env: dict, timeout: float) -> tuple[float, float, f
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = t0 + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                proc.returncode = -9
-                cpu = usage.ru_utime + usage.ru_stime
-                return time.perf_counter() - t0, cpu, usage.ru_maxrss * 1024.0, "timeout"
-            time.sleep(0.005)
+        try:
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.perf_counter() > deadline:
+                    proc.kill()
+                    pid, status, usage = os.wait4(proc.pid, 0)
+                    proc.returncode = -9
+                    cpu = usage.ru_utime + usage.ru_stime
+                    return time.perf_counter() - t0, cpu, usage.ru_maxrss * 1024.0, "timeout"
+                time.sleep(0.005)
+        except BaseException:  # interrupted: do not leave the child running
+            proc.kill()
+            proc.wait()
+            raise
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
         log.seek(0)

@@ -172,20 +172,22 @@ def reference_stack(cube: np.ndarray, nsigma: float) -> StackResult:
 class _Input:
     """One input file, opened once, and how to read row bands of its image extension.
 
-    Uncompressed images are read with ``os.preadv`` (no astropy per band, no memory map, so
-    the process's resident memory does not grow with the files read): float images without
-    scaling straight into the band buffer; integer or scaled images through a scratch band,
-    converted to float64 as BZERO + BSCALE * stored with BLANK values made NaN (missing).
-    Tile-compressed images go through astropy's ``.section``, with the pages of its memory
-    map released after each band.
+    Plain float images are either memory-mapped a band at a time and read in place by the
+    kernel (:meth:`map_band`) or read with ``os.preadv`` into the band buffer
+    (:meth:`read_into`); integer or scaled images are read with ``os.preadv``
+    through a scratch band and converted to float64 as BZERO + BSCALE * stored, with BLANK
+    values made NaN (missing). None of these use astropy per band. Tile-compressed images go
+    through astropy's ``.section``, with the pages of its memory map released after each
+    band. Either way the process's resident memory does not grow with the files read.
     """
 
     def __init__(self, path: str | Path, extname: str, stack: ExitStack):
         self.path = str(path)
         self.extname = extname
         self._stack = stack
-        self._map: mmap.mmap | None = None
+        self._map: mmap.mmap | None = None  # the band mapped by map_band
         self._map_view: np.ndarray | None = None
+        self._mapped_once = False
         try:
             handle = open(self.path, "rb")  # noqa: SIM115 (closed by the ExitStack)
         except OSError as exc:
@@ -361,55 +363,42 @@ class _Input:
 
     # ---- zero-copy access to plain float images (no preprocess) ----------------------------
 
-    def address(self, r0: int) -> int:
-        """Address of row ``r0`` of the image in a read-only memory map of the file.
-
-        The map is made on first use and closed with the other resources of the stack.
-        """
-        if self._map is None:
-            try:
-                self._map = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
-            except (OSError, ValueError) as exc:
-                raise InputError(
-                    self.path, f"extension {self.extname} cannot be memory-mapped ({exc})"
-                ) from exc
-            self._map_view = np.frombuffer(self._map, dtype=np.uint8)
-            self._stack.callback(self._unmap)
-        assert self._map_view is not None and self.raw is not None
-        return int(self._map_view.ctypes.data) + self.offset + r0 * self.row_bytes
-
     @property
     def row_bytes(self) -> int:
+        """Bytes per image row in the file (plain float images)."""
         return self.shape[1] * (self.raw.itemsize if self.raw is not None else 0)
 
-    def prefetch(self, r0: int, r1: int) -> None:
-        """Map rows [r0, r1) into the process in one call (no page faults), where supported."""
-        self._advise(MADV_POPULATE_READ, r0, r1)
+    def map_band(self, r0: int, r1: int) -> int:
+        """Memory-map rows [r0, r1) read-only, populated; return the address of row r0.
 
-    def release(self) -> None:
-        """Drop every mapped page of the file from the process (they stay in the page cache).
-
-        The whole map, not just the band: Linux maps large page-cache folios whole, so a
-        band's pages can spill up to a folio beyond either end of its rows.
+        Only the band's byte range (from the page boundary below it) is mapped: Linux maps
+        large page-cache folios whole, but never beyond a mapping, so the band's resident
+        pages are the band's (plus at most a page at each end). :meth:`unmap_band` drops it.
         """
-        if self._map is not None and hasattr(self._map, "madvise"):
-            try:
-                self._map.madvise(mmap.MADV_DONTNEED)
-            except (OSError, ValueError):
-                pass
-
-    def _advise(self, option: int, r0: int, r1: int) -> None:
-        if self._map is None or not hasattr(self._map, "madvise"):
-            return
+        self.unmap_band()
         start = self.offset + r0 * self.row_bytes
         end = self.offset + r1 * self.row_bytes
-        start -= start % mmap.PAGESIZE
+        base = start - start % mmap.ALLOCATIONGRANULARITY
         try:
-            self._map.madvise(option, start, end - start)
-        except (OSError, ValueError, OverflowError):
-            pass  # an old kernel without the option: page faults do the same, more slowly
+            window = mmap.mmap(self.fd, end - base, access=mmap.ACCESS_READ, offset=base)
+        except (OSError, ValueError, OverflowError) as exc:
+            raise InputError(
+                self.path, f"extension {self.extname} rows {r0}..{r1 - 1} cannot be mapped ({exc})"
+            ) from exc
+        if not self._mapped_once:
+            self._stack.callback(self.unmap_band)
+            self._mapped_once = True
+        self._map = window
+        self._map_view = np.frombuffer(window, dtype=np.uint8)
+        if hasattr(window, "madvise"):
+            try:  # map every page now, in one call, rather than one page fault at a time
+                window.madvise(MADV_POPULATE_READ)
+            except (OSError, ValueError):
+                pass  # kernels before 5.14: page faults do the same, more slowly
+        return int(self._map_view.ctypes.data) + (start - base)
 
-    def _unmap(self) -> None:
+    def unmap_band(self) -> None:
+        """Unmap the band mapped by :meth:`map_band` (its pages stay in the page cache)."""
         self._map_view = None
         if self._map is not None:
             self._map.close()
@@ -418,9 +407,6 @@ class _Input:
 
 #: madvise(2) option (Linux 5.14): populate the page tables of a range, reading if needed.
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
-#: Resident memory a memory-mapped band may take beyond its rows, per file: Linux maps large
-#: page-cache folios (up to 2 MiB) whole, so up to one folio spills past each end of a band.
-MAP_SLACK = 4 * 2**20
 
 
 def _pread_into(fd: int, target: np.ndarray, offset: int) -> int:
@@ -486,15 +472,14 @@ def stack_files(
     mmap_ok : bool
         Allow the zero-copy path (below); False always copies into the band buffer.
 
-    Reading: without ``preprocess``, plain float32/float64 files are memory-mapped and the
-    kernel reads their big-endian bytes where the page cache holds them, a band at a time
-    (the band's pages are dropped from the process after it; a file truncated *while* it is
-    being read would then kill the process with SIGBUS, as with any memory map). The band is
-    sized so that its pages, plus up to 4 MiB a file of large page-cache folios mapped beyond
-    its ends, fit ``memory_mb``; with more files than that allows (N > memory_mb / 8), the
-    bytes are read (``preadv``) into the band buffer instead, still decoded by the kernel.
-    Other inputs (a ``preprocess``, integer, scaled or tile-compressed images) are read into
-    a float64 (float32 when all are float32 and nothing is applied) band buffer.
+    Reading: without ``preprocess``, plain float32/float64 files are memory-mapped a band at
+    a time and the kernel reads their big-endian bytes where the page cache holds them (no
+    copy; the band's mappings, ``memory_mb`` in all, are dropped after it; a file truncated
+    *while* it is being read would kill the process with SIGBUS, as with any memory map).
+    With ``mmap_ok=False`` the bytes are read (``preadv``) into a band buffer instead, still
+    decoded by the kernel. Other inputs (a ``preprocess``, integer, scaled or tile-compressed
+    images) are read into a float64 band buffer (float32 when all are float32 and nothing is
+    applied).
 
     Raises
     ------
@@ -526,21 +511,17 @@ def stack_files(
         cnt = np.empty((rows, cols), dtype=np.int32)
         raws = {inp.raw for inp in inputs}
         plain = preprocess is None and len(raws) == 1 and None not in raws
-        slack_mb = nframes * MAP_SLACK / 2**20
-        if plain and mmap_ok and slack_mb <= memory_mb / 2:
+        if plain and mmap_ok:
             # Plain float files, nothing to apply: the kernel reads the file bytes where the
-            # page cache holds them (memory maps, a band at a time), no copy, no buffer.
+            # page cache holds them (a memory map per file and band), no copy, no buffer.
             dtype = RAW_BUFFER[raws.pop()]
-            budget = memory_mb - slack_mb
-            band = band_rows or band_height(nframes, cols, dtype.itemsize, budget, rows)
+            band = band_rows or band_height(nframes, cols, dtype.itemsize, memory_mb, rows)
             band = min(band, rows)
             log.debug("stacking %s of %d files in place, bands of %d rows", extname, nframes, band)
             nrej = 0
             for r0 in range(0, rows, band):
                 r1 = min(rows, r0 + band)
-                frames = np.array([inp.address(r0) for inp in inputs], dtype=np.int64)
-                for inp in inputs:
-                    inp.prefetch(r0, r1)
+                frames = np.array([inp.map_band(r0, r1) for inp in inputs], dtype=np.int64)
                 nrej += stack_frames(
                     frames,
                     first.row_bytes,
@@ -555,9 +536,9 @@ def stack_files(
                     threads=threads,
                 )
                 for inp in inputs:
-                    inp.release()
+                    inp.unmap_band()
             return StackResult(avg, unc, cnt, nrej)
-        if plain:  # too many files to map: read the file bytes into the buffer, undecoded
+        if plain:  # mapping not allowed: read the file bytes into the buffer, undecoded
             dtype = RAW_BUFFER[raws.pop()]
         elif preprocess is None and all(inp.dtype == np.float32 for inp in inputs):
             dtype = np.dtype(np.float32)
