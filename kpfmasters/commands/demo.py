@@ -69,7 +69,9 @@ def run(args) -> int:
         print(f"  {len(night.frames)} L0 files, order mask {night.order_mask_path}")
     else:
         print(f"Using the simulated night already in {sim}")
-    argv = snakemake_argv(night_config(cfg, args.date), workdir=base, cores=args.cores)
+    argv = snakemake_argv(
+        night_config(cfg, args.date), workdir=base, cores=args.cores, extra=["--quiet", "rules"]
+    )
     print("Running the pipeline:\n  " + " ".join(argv[1:]))
     if run_snakemake(argv) != 0:
         raise PipelineError(f"the pipeline failed; see the logs under {base / 'work' / 'logs'}")
