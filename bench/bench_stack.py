@@ -19,11 +19,12 @@ exceeds 80% of the memory available are skipped with a note; a peer whose first 
 longer than ``--slow-after`` seconds is not repeated.
 
 Wall time is the median over ``--repeat`` runs, CPU time (user + system of the child) the
-median too, peak RSS the largest ``ru_maxrss`` of the child (``os.wait4``), input Mpix/s =
-N x pixels per frame / wall time, ratio = peer wall / kpf wall, load = the machine's 1-minute
-load average when the runs started (median; the machine may be shared). The table is
-printed and appended, with the machine's details, to ``bench/RESULTS.md`` (``--no-record``
-to skip).
+median too, peak RSS the largest ``ru_maxrss`` of the child (``os.wait4`` in a small
+wrapper process that forks it, so that this script's own memory does not leak into it),
+input Mpix/s = N x pixels per frame / wall time, ratio = peer wall / kpf wall, load = the
+machine's 1-minute load average when the runs started (median; the machine may be shared).
+The table is printed and appended, with the machine's details, to ``bench/RESULTS.md``
+(``--no-record`` to skip).
 
     python bench/bench_stack.py                         # N = 10 30 100, all peers, 3 repeats
     python bench/bench_stack.py --quick                 # small frames, smoke run (~1 min)
@@ -168,34 +169,52 @@ def available_memory() -> float:
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
+# Runs one command and writes "wall cpu maxrss_kib exit_code" to argv[1]. A small process of
+# its own forks the command: a child's ru_maxrss starts from the peak RSS of the process it
+# was forked from (Linux carries it over exec), so forking from this script, which loads
+# the outputs to compare them, would inflate every peer's figure.
+MEASURE = """
+import os, sys, time
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - t0
+with open(sys.argv[1], "w") as out:
+    cpu = usage.ru_utime + usage.ru_stime
+    out.write(f"{wall} {cpu} {usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}")
+"""
+
+
 def run_once(cmd: list[str], env: dict, timeout: float) -> tuple[float, float, float, str]:
-    """(wall s, CPU s (user + system), peak RSS bytes, error text or '') of one child."""
-    with tempfile.TemporaryFile() as log:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = t0 + timeout
+    """(wall s, CPU s (user + system), peak RSS bytes, error text or '') of one command."""
+    with tempfile.TemporaryDirectory(prefix="kpf-bench-") as tmp:
+        report = Path(tmp) / "rusage"
+        with open(Path(tmp) / "log", "w+b") as log:
+            wrapper = [sys.executable, "-I", "-S", "-c", MEASURE, str(report), *cmd]
+            proc = subprocess.Popen(
+                wrapper, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            try:
+                proc.wait(timeout=timeout)
+            except BaseException as exc:  # timeout or interrupted: stop the whole group
+                os.killpg(proc.pid, 9)
+                proc.wait()
+                if isinstance(exc, subprocess.TimeoutExpired):
+                    return timeout, 0.0, 0.0, f"timeout after {timeout:.0f} s"
+                raise
+            log.seek(0)
+            output = log.read().decode(errors="replace")
         try:
-            while True:
-                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-                if pid:
-                    break
-                if time.perf_counter() > deadline:
-                    proc.kill()
-                    pid, status, usage = os.wait4(proc.pid, 0)
-                    proc.returncode = -9
-                    cpu = usage.ru_utime + usage.ru_stime
-                    return time.perf_counter() - t0, cpu, usage.ru_maxrss * 1024.0, "timeout"
-                time.sleep(0.005)
-        except BaseException:  # interrupted: do not leave the child running
-            proc.kill()
-            proc.wait()
-            raise
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        log.seek(0)
-        output = log.read().decode(errors="replace")
-    error = "" if proc.returncode == 0 else f"exit {proc.returncode}: {output.strip()[-300:]}"
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024.0, error
+            wall, cpu, maxrss, code = report.read_text().split()
+        except (OSError, ValueError):
+            return 0.0, 0.0, 0.0, f"no measurement: {output.strip()[-300:]}"
+    error = "" if int(code) == 0 else f"exit {code}: {output.strip()[-300:]}"
+    return float(wall), float(cpu), float(maxrss) * 1024.0, error
 
 
 @dataclass
