@@ -36,4 +36,24 @@ def base_config() -> dict:
     )
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Make ``--dist loadgroup`` group again under pytest 9 (xdist 3.8 sets ``item._nodeid``,
+    which pytest 9 no longer reads): without the ``@group`` suffix every test was its own work
+    unit, so a module's tests (and its module-scoped Snakemake fixture) ran on every worker."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    try:
+        from _pytest.nodeid import NodeId
+    except ImportError:  # pytest < 9: xdist's own suffix works
+        return
+    for item in items:
+        marks = item.iter_markers("xdist_group")
+        groups = sorted(
+            {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in marks}
+        )
+        if groups and "@" not in item.nodeid and hasattr(item, "_id"):
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
+
+
 from pgserver import pg_server  # noqa: E402, F401  (session fixture: a throw-away PostgreSQL)

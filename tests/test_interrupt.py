@@ -117,7 +117,8 @@ def test_job_killed_mid_write_leaves_no_master_and_the_next_run_rebuilds_it(nigh
     bias = night.master(DATE, "bias")
     bias.unlink()
     mark = tmp_path / "paused"
-    cmd = snakemake_argv(night.config(), workdir=night.root, cores=2)
+    target = ["--rerun-incomplete", str(bias)]  # the flag ends --config's list
+    cmd = snakemake_argv(night.config(), workdir=night.root, cores=2, extra=target)
     proc = subprocess.Popen(
         cmd, env=paused_env(night, bias, mark), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -133,7 +134,7 @@ def test_job_killed_mid_write_leaves_no_master_and_the_next_run_rebuilds_it(nigh
     assert not bias.exists()
     assert temporary.is_file()  # stale, hidden: never taken for a master
 
-    rerun = snakemake(night)
+    rerun = snakemake(night, *target)
     assert f"reason: Missing output files: {bias}" in rerun.stderr
     assert_valid_master(bias)
     assert not temporary.exists()  # removed by the successful write of the same product
