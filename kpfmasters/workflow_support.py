@@ -18,6 +18,7 @@ from .fitsutil import check_complete
 from .naming import master_name, two_d_name
 from .night import scan_night
 from .predecessors import Candidate, masters_on_disk, nearest
+from .rejects import apply_rejections
 from .selection import NightPlan, Selection, plan_night
 
 
@@ -77,6 +78,7 @@ class Plans:
             frames, ignored = scan_night(
                 self.cfg["l0_root"], date, self.index_path(date), self.amp_geometry()
             )
+            apply_rejections(frames, self.cfg["work_root"], date)
             self._plans[date] = plan_night(frames, ignored, date, self.cfg)
         return self._plans[date]
 

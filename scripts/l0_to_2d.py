@@ -1,7 +1,9 @@
 """Snakemake script of rule ``l0_to_2d``: one L0 file -> its 2D file (SPEC section 2)."""
 
+from kpfmasters.errors import InputError
 from kpfmasters.l0to2d import AmpGeometry, convert_l0, describe
 from kpfmasters.logs import script_logging
+from kpfmasters.rejects import record_rejection
 
 with script_logging(snakemake.log[0], "kpfmasters.l0_to_2d") as log:
     geometry = AmpGeometry(**snakemake.params.geometry)
@@ -13,7 +15,13 @@ with script_logging(snakemake.log[0], "kpfmasters.l0_to_2d") as log:
         snakemake.params.adc_scale,
         threads,
     )
-    report = convert_l0(
-        snakemake.input.l0, snakemake.output[0], geometry, snakemake.params.adc_scale, threads
-    )
+    try:
+        report = convert_l0(
+            snakemake.input.l0, snakemake.output[0], geometry, snakemake.params.adc_scale, threads
+        )
+    except InputError as exc:
+        record_rejection(
+            snakemake.params.work_root, snakemake.wildcards.date, snakemake.input.l0, exc.problem
+        )
+        raise
     log.info("%s", describe(report))

@@ -27,6 +27,7 @@ from ..pipeline import (
     snakemake_argv,
     workflow_lock,
 )
+from ..rejects import rejects_dir
 from ..summary import format_table, master_row, night_masters
 
 HELP = "run one night's masters through Snakemake and register them (the daily cron job)"
@@ -100,8 +101,21 @@ def run(args) -> int:
                 configfiles=[args.configfile or DEFAULT_CONFIG_PATH, override],
             )
             out.write("$ " + " ".join(argv) + "\n")
+            rejects = rejects_dir(cfg["work_root"], date)
+            before = set(rejects.glob("*.json")) if rejects.is_dir() else set()
             with workflow_lock(cfg["work_root"], argv, out):
                 rc = run_snakemake(argv, out)
+            new = (set(rejects.glob("*.json")) if rejects.is_dir() else set()) - before
+            if rc != 0 and new:
+                # Frames that failed L0 -> 2D are now recorded; a second pass makes the
+                # masters without them (USED = false in their INPUTS tables).
+                names = ", ".join(sorted(p.stem for p in new))
+                out.write(
+                    f"=== {len(new)} frame(s) failed L0 -> 2D ({names}); running again "
+                    "without them ===\n"
+                )
+                with workflow_lock(cfg["work_root"], argv, out):
+                    rc = run_snakemake(argv, out)
             if rc != 0:
                 raise PipelineError(f"night {date}: snakemake failed (exit {rc}); see {log_path}")
             masters = night_masters(cfg["masters_root"], date)
