@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,3 +81,12 @@ def dry_run_outputs(night: Night, *args: str, config: dict | None = None) -> lis
         for path in match.group(1).split(", "):
             out.append(Path(path).name)
     return sorted(set(out))
+
+
+def daily_cmd(night: Night, *extra: str, log_dir=None) -> list[str]:
+    """``kpfmasters daily`` on ``night``'s one date and paths (log in ``root/logs``)."""
+    cmd = [sys.executable, "-m", "kpfmasters.cli", "daily", "--date", night.dates[0]]
+    for key, value in night.config().items():
+        if key != "date":
+            cmd += ["--set", f"{key}={value}"]
+    return cmd + ["--log-dir", str(log_dir or night.root / "logs"), *extra]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 import time
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from kpfmasters.db import init_schema
 from kpfmasters.simulate import simulate_night
 
-from smk import REPO
+from smk import REPO, Night, daily_cmd
 
 DATE = "20230606"
 COUNTS = {"bias": 3, "dark": 2, "flat": 2, "arclamp": {"autocal-une-sky": 2}}
@@ -21,29 +20,8 @@ COUNTS = {"bias": 3, "dark": 2, "flat": 2, "arclamp": {"autocal-une-sky": 2}}
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.xdist_group("postgres")]
 
 
-def daily_cmd(root, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "kpfmasters.cli",
-        "daily",
-        "--date",
-        DATE,
-        "--set",
-        f"l0_root={root / 'sim' / 'L0'}",
-        "--set",
-        f"work_root={root / 'work'}",
-        "--set",
-        f"masters_root={root / 'masters'}",
-        "--set",
-        f"order_mask={root / 'sim' / 'order_mask.fits'}",
-        "--log-dir",
-        str(root / "logs"),
-        *extra,
-    ]
-
-
 def test_daily_run_registers_and_locks(pg_server, tmp_path):
+    night = Night(tmp_path, [DATE])
     simulate_night(tmp_path / "sim", DATE, seed=7, size=48, counts=COUNTS, extras=False)
     with contextlib.closing(pg_server.connect()) as conn:
         conn.autocommit = False
@@ -52,7 +30,11 @@ def test_daily_run_registers_and_locks(pg_server, tmp_path):
     env.update(pg_server.env, PYTHONPATH=str(REPO))
 
     first = subprocess.Popen(
-        daily_cmd(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        daily_cmd(night),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     lock = tmp_path / "work" / "locks" / f"kpfmasters_{DATE}.lock"
     deadline = time.monotonic() + 60
@@ -60,7 +42,7 @@ def test_daily_run_registers_and_locks(pg_server, tmp_path):
         assert first.poll() is None, first.communicate()
         assert time.monotonic() < deadline, "the first run never took the lock"
         time.sleep(0.1)
-    second = subprocess.run(daily_cmd(tmp_path), env=env, capture_output=True, text=True)
+    second = subprocess.run(daily_cmd(night), env=env, capture_output=True, text=True)
     assert second.returncode == 1
     assert f"night {DATE} is already being processed (pid {first.pid}" in second.stderr
     assert len(second.stderr.strip().splitlines()) == 1
@@ -84,14 +66,15 @@ def test_daily_run_registers_and_locks(pg_server, tmp_path):
     assert rows[0][1] == "autocal-une-sky" and rows[1][2] == 3
 
     # Nothing changed: the rerun is quick and keeps the rows.
-    again = subprocess.run(daily_cmd(tmp_path), env=env, capture_output=True, text=True)
+    again = subprocess.run(daily_cmd(night), env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert "Nothing to be done" in (tmp_path / "logs" / f"kpfmasters_{DATE}.out").read_text()
 
 
 def test_daily_failure_is_one_line(tmp_path):
+    night = Night(tmp_path, [DATE])
     proc = subprocess.run(
-        daily_cmd(tmp_path, "--no-register", "--set", "masters.bias.nsigma=-1"),
+        daily_cmd(night, "--no-register", "--set", "masters.bias.nsigma=-1"),
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -29,7 +28,7 @@ from kpfmasters.masters import read_verified
 from kpfmasters.pipeline import snakemake_argv, snakemake_locks
 from kpfmasters.simulate import simulate_night
 
-from smk import REPO, Night, snakemake
+from smk import REPO, Night, daily_cmd, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("interrupt")]
 
@@ -141,34 +140,12 @@ def test_job_killed_mid_write_leaves_no_master_and_the_next_run_rebuilds_it(nigh
     assert not list(bias.parent.glob(".*"))
 
 
-def daily_cmd(night: Night) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "kpfmasters.cli",
-        "daily",
-        "--date",
-        DATE,
-        "--no-register",
-        "--set",
-        f"l0_root={night.l0_root}",
-        "--set",
-        f"work_root={night.work_root}",
-        "--set",
-        f"masters_root={night.masters_root}",
-        "--set",
-        f"order_mask={night.order_mask}",
-        "--log-dir",
-        str(night.root / "cron"),
-    ]
-
-
 def test_daily_run_killed_as_a_whole_does_not_block_the_next(night, tmp_path):
     bias = night.master(DATE, "bias")
     bias.unlink()
     mark = tmp_path / "paused"
     proc = subprocess.Popen(
-        daily_cmd(night),
+        daily_cmd(night, "--no-register", log_dir=night.root / "cron"),
         env=paused_env(night, bias, mark),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -182,7 +159,13 @@ def test_daily_run_killed_as_a_whole_does_not_block_the_next(night, tmp_path):
     assert snakemake_locks(night.work_root)  # what would block a plain rerun
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    again = subprocess.run(daily_cmd(night), env=env, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        daily_cmd(night, "--no-register", log_dir=night.root / "cron"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 0, again.stderr
     assert again.stdout.startswith(f"night {DATE}: 2 master(s)")
     log = (night.root / "cron" / f"kpfmasters_{DATE}.out").read_text()

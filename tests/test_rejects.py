@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from badinputs import derive, float_amps_with
 
 from kpfmasters.simulate import simulate_night
 
-from smk import REPO, Night, snakemake
+from smk import REPO, Night, daily_cmd, snakemake
 
 DATE = "20230606"
 COUNTS = {"bias": 2, "dark": 2, "flat": 3, "arclamp": {"autocal-une-sky": 2}}
@@ -60,20 +59,7 @@ def test_conversion_failure_is_recorded_and_left_out_next_run(tmp_path):
 
 def test_daily_completes_the_night_in_one_call(tmp_path):
     night, bad = night_with_bad_flat(tmp_path)
-    cmd = [
-        sys.executable,
-        "-m",
-        "kpfmasters.cli",
-        "daily",
-        "--date",
-        DATE,
-        "--no-register",
-        "--log-dir",
-        str(tmp_path / "logs"),
-    ]
-    for key, value in night.config().items():
-        if key != "date":
-            cmd += ["--set", f"{key}={value}"]
+    cmd = daily_cmd(night, "--no-register", log_dir=tmp_path / "logs")
     proc = subprocess.run(
         cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}
     )
