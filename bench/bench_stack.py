@@ -380,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-compile-cost", action="store_true")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    details = machine_details()  # load average and commit as the benchmark starts
     size = args.size or (512 if args.quick else 4080)
     counts = args.n or ([5, 10] if args.quick else [10, 30, 100])
     repeat = args.repeat or (1 if args.quick else 3)
@@ -472,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
             f"`{cmdline.strip()}`; {repeat} run(s) per peer, warm page cache; "
             f"benchmark took {elapsed / 60:.1f} min.",
             "",
-            *machine_details(),
+            *details,
         ]
         if compile_line:
             lines.append(compile_line)

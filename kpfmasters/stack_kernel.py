@@ -55,14 +55,15 @@ Each kernel variant (buffer dtype: uint32 for float32 files without preprocessin
 a preprocess, float32 / float64 for in-memory cubes) is compiled the first time it is used in
 a fresh environment, and the machine code is cached on disk (``cache=True``). Measured on the
 2-core development machine (numba 0.68; ``bench/bench_stack.py`` measures it again on each
-run and records it in ``bench/RESULTS.md``): cold (empty cache), a first ``kpfmasters stack``
-run takes about 5 to 8 s longer, the compile of its kernel; warm, a process pays about 0.25 s
-the first time it calls a kernel (numba's typing and threading runtime start-up plus loading
-the cached code), then nothing. The cache lives in the package's ``__pycache__`` when that is
-writable, else in numba's user-wide cache directory (``~/.cache/numba``); when neither can be
-written and ``NUMBA_CACHE_DIR`` is unset, this module sets it to a private directory under the
-system temporary directory, and when no cache directory works at all it compiles without a
-cache (correct, just a compile in every process).
+run and records it in ``bench/RESULTS.md``): with an empty cache a first ``kpfmasters stack``
+on three tiny files takes 4 to 7 s, against 0.8 to 1.4 s with a warm cache (interpreter and
+imports included), so compiling a variant costs 3.5 to 5 s, once; with a warm cache a process
+pays about 0.25 s the first time it calls a kernel (numba's typing and threading runtime
+start-up plus loading the cached code), then nothing. The cache lives in the package's
+``__pycache__`` when that is writable, else in numba's user-wide cache directory
+(``~/.cache/numba``); when neither can be written and ``NUMBA_CACHE_DIR`` is unset, this
+module sets it to a private directory under the system temporary directory, and when no cache
+directory works at all it compiles without a cache (correct, just a compile in every process).
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ def test_random_stacks_match_numpy_reference(n):
         assert_matches_reference(random_cube(rng, n, ties=True, dtype=np.float32), k)
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 64, 100])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 10, 16, 25, 30, 31, 40, 64, 100])
 def test_complete_pixels_match_reference(n):
     """No NaN: the pruned sorting network serves every tile."""
     rng = np.random.default_rng(n)
