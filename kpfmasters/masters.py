@@ -144,6 +144,23 @@ def make_preprocess(mtype: str, exptimes: list[float], calib: dict[str, np.ndarr
     return preprocess
 
 
+def fits_order(array: np.ndarray, dtype) -> np.ndarray:
+    """``array`` as big-endian ``dtype`` (FITS byte order), swapped in place when possible.
+
+    The caller must not use ``array`` afterwards: its bytes may have been swapped.
+    """
+    target = np.dtype(dtype).newbyteorder(">")
+    if array.dtype == target:
+        return array
+    if (
+        array.dtype == target.newbyteorder("=")
+        and array.flags.writeable
+        and array.flags.c_contiguous
+    ):
+        return array.byteswap(inplace=True).view(target)
+    return array.astype(target)
+
+
 def infobits_for(cnt: np.ndarray, min_count: int, fraction: float, ext: str) -> int:
     """The ext's INFOBITS bit when more than ``fraction`` of pixels have CNT < min_count."""
     low = np.count_nonzero(cnt < min_count) / cnt.size
@@ -251,8 +268,8 @@ def build_master(job: MasterJob) -> dict:
                     f"extension {ext} shape {image.shape} "
                     f"differs from the frames' {result.avg.shape}",
                 )
-        del calib
-        data, unc = result.avg, result.unc
+        del calib, pre  # the preprocess closure holds the predecessor images too
+        data, unc, flat = result.avg, result.unc, None
         if job.mtype == "flat":
             mask = load_order_mask(job.order_mask, ext, data.shape) if job.order_mask else None
             flat = normalize_flat(
@@ -265,9 +282,10 @@ def build_master(job: MasterJob) -> dict:
             for problem in flat.problems:
                 log.warning("%s %s: %s", job.output, ext, problem)
             if ext != "CA_HK":
-                extras.append(fits.ImageHDU(data.astype(np.float32), name=f"{ext}_STACK"))
-                extras.append(fits.ImageHDU(flat.lamp.astype(np.float32), name=f"{ext}_LAMP"))
+                extras.append(fits.ImageHDU(data.astype(">f4"), name=f"{ext}_STACK"))
+                extras.append(fits.ImageHDU(flat.lamp.astype(">f4"), name=f"{ext}_LAMP"))
             data, unc = flat.flat, flat.unc
+            result.avg = None  # kept as <EXT>_STACK (float32) above
             summary["extensions"].setdefault(ext, {})["norms"] = flat.norms
         bit = infobits_for(result.cnt, int(job.settings["flag_min_count"]), job.flag_fraction, ext)
         infobits |= bit
@@ -290,20 +308,20 @@ def build_master(job: MasterJob) -> dict:
         )
         for key, value, comment in qc_cards(qc, previous.name if previous else None):
             hdr[key] = (value, comment)
-        images[ext] = fits.ImageHDU(np.asarray(data, dtype=np.float64), header=hdr, name=ext)
-        images[f"{ext}_UNC"] = fits.ImageHDU(np.asarray(unc, dtype=np.float32), name=f"{ext}_UNC")
-        images[f"{ext}_CNT"] = fits.ImageHDU(
-            np.asarray(result.cnt, dtype=np.int32), name=f"{ext}_CNT"
-        )
         summary["extensions"][ext] = {
             **summary["extensions"].get(ext, {}),
             "nframes": len(paths),
-            "median": float(np.nanmedian(data)),
-            "low_count_fraction": float(
-                np.count_nonzero(result.cnt < int(job.settings["flag_min_count"])) / result.cnt.size
-            ),
+            "median": qc["median"],
+            "low_count_fraction": qc["low_count_fraction"],
             "qc": qc,
         }
+        # Held until the write, in FITS byte order (swapped in place, no copy) so astropy
+        # makes no byte-swapped copies of its own while writing.
+        images[ext] = fits.ImageHDU(fits_order(data, np.float64), header=hdr, name=ext)
+        images[f"{ext}_UNC"] = fits.ImageHDU(fits_order(unc, np.float32), name=f"{ext}_UNC")
+        images[f"{ext}_CNT"] = fits.ImageHDU(fits_order(result.cnt, np.int32), name=f"{ext}_CNT")
+        # Release this CCD's working arrays before the next CCD is stacked.
+        del result, data, unc, flat
     stacked = [e for e in CCD_EXTS if e in counts]
     if not stacked:
         raise InputError(
