@@ -139,3 +139,7 @@ def qa_targets():
         for date in NIGHTS
         if PLANS.night_targets(date)
     ]
+
+
+def qa_mem_mb(wildcards, attempt):
+    return PLANS.qa_mem_mb(wildcards.date, attempt)

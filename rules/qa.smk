@@ -23,11 +23,13 @@ rule master_qa:
         ),
     log:
         f"{WORK}/logs/{{date}}/qa_{{kind}}.log",
+    benchmark:
+        f"{WORK}/benchmarks/{{date}}/qa/master_qa_{{kind}}.tsv"
     conda:
         "../envs/kpfmasters.yaml"
     threads: 1
     resources:
-        mem_mb=3000,
+        mem_mb=qa_mem_mb,
         runtime=15,
     params:
         qa=QA_CFG,
