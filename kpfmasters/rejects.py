@@ -25,8 +25,8 @@ def rejects_dir(work_root: str | Path, date: str) -> Path:
     return Path(work_root) / "rejects" / date
 
 
-def record_rejection(work_root: str | Path, date: str, l0_path: str | Path, problem: str) -> Path:
-    """Remember that ``l0_path`` could not be converted, and why."""
+def record_rejection(folder: str | Path, l0_path: str | Path, problem: str) -> Path:
+    """Remember in ``folder`` (:func:`rejects_dir`) that ``l0_path`` could not be converted."""
     l0_path = Path(l0_path)
     stat = l0_path.stat()
     record = {
@@ -35,7 +35,7 @@ def record_rejection(work_root: str | Path, date: str, l0_path: str | Path, prob
         "mtime_ns": stat.st_mtime_ns,
         "problem": problem,
     }
-    path = rejects_dir(work_root, date) / f"{l0_path.name[: -len('.fits')]}.json"
+    path = Path(folder) / f"{l0_path.name[: -len('.fits')]}.json"
     with atomic_output(path) as tmp:
         Path(tmp).write_text(json.dumps(record, indent=1))
     log.error("%s will be left out of the night's masters from the next run on", l0_path.name)

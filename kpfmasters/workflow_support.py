@@ -18,7 +18,7 @@ from .fitsutil import check_complete
 from .naming import master_name, two_d_name
 from .night import scan_night
 from .predecessors import Candidate, masters_on_disk, nearest
-from .rejects import apply_rejections
+from .rejects import apply_rejections, rejects_dir
 from .selection import NightPlan, Selection, plan_night
 
 
@@ -256,3 +256,8 @@ def database_lookup(date: str, mtype: str, max_age_days: int | None) -> Path:
         return nearest_master(conn, date, mtype, max_age_days=max_age_days)
     finally:
         conn.close()
+
+
+def rejects_dir_for(two_d_path: str, date: str) -> str:
+    """The rejects folder of a 2D file ``<work_root>/2D/<date>/<name>``."""
+    return str(rejects_dir(Path(two_d_path).parents[2], date))

@@ -143,3 +143,8 @@ def qa_targets():
 
 def qa_mem_mb(wildcards, attempt):
     return PLANS.qa_mem_mb(wildcards.date, attempt)
+
+
+def rejects_dir_of(wildcards, output):
+    """Where a failed L0 -> 2D conversion is recorded: <work_root>/rejects/<date>/."""
+    return ws.rejects_dir_for(output[0], wildcards.date)

@@ -17,7 +17,7 @@ rule l0_to_2d:
     params:
         geometry=PLANS.amp_geometry(),
         adc_scale=CFG["adc_scale"],
-        work_root=WORK,
+        rejects_dir=rejects_dir_of,
         version=__version__,
     script:
         "../scripts/l0_to_2d.py"

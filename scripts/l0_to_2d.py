@@ -20,8 +20,6 @@ with script_logging(snakemake.log[0], "kpfmasters.l0_to_2d") as log:
             snakemake.input.l0, snakemake.output[0], geometry, snakemake.params.adc_scale, threads
         )
     except InputError as exc:
-        record_rejection(
-            snakemake.params.work_root, snakemake.wildcards.date, snakemake.input.l0, exc.problem
-        )
+        record_rejection(snakemake.params.rejects_dir, snakemake.input.l0, exc.problem)
         raise
     log.info("%s", describe(report))
