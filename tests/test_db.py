@@ -565,6 +565,39 @@ def test_pipeline_role_registers_but_cannot_alter_or_drop(db, tmp_path, monkeypa
         assert len(all_rows(admin)) == 1
 
 
+def test_init_warns_about_or_revokes_create_for_everyone_in_the_schema(db, monkeypatch):
+    # PostgreSQL <= 14 lets every role CREATE in schema public; 15 does not. Recreate the old
+    # default in this database: db init must say so, and revoke it only when asked.
+    pipe_user = f"hermes_{db.name}"
+    db.server.create_user(pipe_user)
+    with contextlib.closing(connect()) as admin:
+        with admin, admin.cursor() as cur:
+            cur.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+        done = init_schema(admin, pipeline_members=[pipe_user])
+        (warning,) = [line for line in done if line.startswith("warning:")]
+        assert "every role may CREATE in schema public" in warning
+        assert "kpfmasters db init --revoke-public-create" in warning
+
+        monkeypatch.setenv("KPFDBUSER", pipe_user)
+        with contextlib.closing(connect()) as pipe, pipe, pipe.cursor() as cur:
+            cur.execute("CREATE TABLE shadow (x int)")  # the risk the warning names
+            cur.execute("DROP TABLE shadow")
+        monkeypatch.delenv("KPFDBUSER")
+
+        done = init_schema(admin, revoke_public_create=True)
+        assert "revoked CREATE on schema public from PUBLIC" in done
+        assert not [line for line in done if line.startswith("warning:")]
+        assert not [line for line in init_schema(admin) if "PUBLIC" in line or "warning" in line]
+
+    monkeypatch.setenv("KPFDBUSER", pipe_user)
+    with contextlib.closing(connect()) as pipe:
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege), pipe, pipe.cursor() as cur:
+            cur.execute("CREATE TABLE shadow (x int)")
+        with pipe.cursor() as cur:  # registration rights are untouched
+            cur.execute("SELECT count(*) FROM calfiles")
+            assert cur.fetchone()[0] == 0
+
+
 # -- connection failures ------------------------------------------------------------------------
 
 

@@ -68,6 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="USER",
         help="make USER a member of the read-only role (repeatable)",
     )
+    init.add_argument(
+        "--revoke-public-create",
+        action="store_true",
+        help="revoke CREATE on the calfiles schema from PUBLIC (granted by default before "
+        "PostgreSQL 15; without this option db init only warns)",
+    )
     _connection_options(init)
 
     reg = sub.add_parser("register", help="make a night's rows exactly its masters on disk")
@@ -108,7 +114,12 @@ def _connect(args):
 def _run_init(args, conn) -> int:
     print(f"db init on {describe(resolve_settings(args.host, args.port, args.user, args.dbname))}")
     for line in init_schema(
-        conn, args.read_role, args.pipeline_role, args.grant_pipeline, args.grant_read
+        conn,
+        args.read_role,
+        args.pipeline_role,
+        args.grant_pipeline,
+        args.grant_read,
+        revoke_public_create=args.revoke_public_create,
     ):
         print(line)
     return 0

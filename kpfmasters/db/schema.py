@@ -118,6 +118,22 @@ def _grant_membership(cur, role: str, members: Iterable[str]) -> None:
         cur.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(member)))
 
 
+def _public_may_create(cur) -> str | None:
+    """The schema holding ``calfiles`` when every role (PUBLIC) may CREATE in it, else None.
+
+    PostgreSQL 14 and older grant CREATE on schema ``public`` to PUBLIC by default (15
+    revoked it): there any login role, the pipeline role's members included, could create
+    objects beside ``calfiles``, e.g. a function or table that shadows a name.
+    """
+    cur.execute(
+        "SELECT n.nspname, has_schema_privilege('public', n.oid, 'CREATE') "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.oid = 'calfiles'::regclass"
+    )
+    schema, open_to_all = cur.fetchone()
+    return schema if open_to_all else None
+
+
 def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
@@ -128,11 +144,14 @@ def init_schema(
     pipeline_role: str = DEFAULT_PIPELINE_ROLE,
     pipeline_members: Iterable[str] = (),
     read_members: Iterable[str] = (),
+    revoke_public_create: bool = False,
 ) -> list[str]:
     """Apply ``schema.sql``, create the roles and grants, in one transaction.
 
     Idempotent. Returns what was done, one line each, for the command to print. Refuses a
-    database whose schema is newer than this software's.
+    database whose schema is newer than this software's. When every role may CREATE in the
+    schema holding ``calfiles`` (PostgreSQL <= 14's default for ``public``), that is revoked
+    from PUBLIC with ``revoke_public_create``, and otherwise reported in a warning line.
     """
     done: list[str] = []
     try:
@@ -167,6 +186,19 @@ def init_schema(
             _grant_membership(cur, read_role, read_members)
             done.extend(f"granted {pipeline_role} to {m}" for m in pipeline_members)
             done.extend(f"granted {read_role} to {m}" for m in read_members)
+            schema = _public_may_create(cur)
+            if schema and revoke_public_create:
+                cur.execute(
+                    sql.SQL("REVOKE CREATE ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(schema))
+                )
+                done.append(f"revoked CREATE on schema {schema} from PUBLIC")
+            elif schema:
+                done.append(
+                    f"warning: every role may CREATE in schema {schema} (the default before "
+                    f"PostgreSQL 15), so pipeline users could create objects beside calfiles; "
+                    f"run `kpfmasters db init --revoke-public-create` or REVOKE CREATE ON "
+                    f"SCHEMA {schema} FROM PUBLIC"
+                )
     except psycopg2.Error as exc:
         raise DatabaseError(f"db init failed: {_one_line(exc)}") from None
     for line in done:
