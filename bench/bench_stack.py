@@ -29,6 +29,9 @@ The table is printed and appended, with the machine's details, to ``bench/RESULT
     python bench/bench_stack.py                         # N = 10 30 100, all peers, 3 repeats
     python bench/bench_stack.py --quick                 # small frames, smoke run (~1 min)
     python bench/bench_stack.py --n 30 --peers kpf,numpy --repeat 5
+
+Then (unless ``--skip-l0``) the L0 -> 2D benchmark, ``bench_l0.py``, runs with the same work
+directory and results file: a full-size L0 frame converted against just reading it.
 """
 
 from __future__ import annotations
@@ -378,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--no-record", action="store_true", help="do not append RESULTS.md")
     parser.add_argument("--skip-compile-cost", action="store_true")
+    parser.add_argument("--skip-l0", action="store_true", help="no L0 -> 2D part (bench_l0.py)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     details = machine_details()  # load average and commit as the benchmark starts
@@ -484,7 +488,14 @@ def main(argv: list[str] | None = None) -> int:
                 handle.write("# Benchmark results (appended by bench/bench_stack.py)\n")
             handle.write("\n".join(lines))
         print(f"appended to {args.results}")
-    return 0
+    if args.skip_l0:
+        return 0
+    import bench_l0  # L0 -> 2D against reading the amplifiers, same workdir and results
+
+    l0_args = ["--workdir", str(args.workdir), "--results", str(args.results)]
+    l0_args += ["--quick"] if args.quick else []
+    l0_args += ["--no-record"] if args.no_record else []
+    return bench_l0.main(l0_args)
 
 
 if __name__ == "__main__":

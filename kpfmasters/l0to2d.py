@@ -143,21 +143,42 @@ def to_electrons(raw: np.ndarray, adc_scale: float, gain: float, out: np.ndarray
     return out
 
 
-def overscan_level(
-    raw: np.ndarray, number: int, gain: float, geometry: AmpGeometry, adc_scale: float
-) -> float:
-    """Overscan level (electrons) of amplifier ``number`` given as stored, (rows, cols).
+def strip_statistics(e: np.ndarray, nsigma: float) -> tuple[float, float]:
+    """(level, noise) of an overscan strip ``e`` (float64 electrons, 1-D, C-contiguous).
 
-    The clipped mean (k = ``geometry.nsigma``) of the strip of all rows and the columns
-    :meth:`AmpGeometry.strip_columns` of the oriented amplifier. NaN when the strip holds a
-    NaN or Inf value.
+    ``level`` is :func:`clipped_mean` (k = ``nsigma``) and ``noise`` :func:`robust_std` of
+    the same values, bit for bit, from one sort: the percentiles, the median and the mean of
+    the kept values are those NumPy computes on the unsorted strip (order statistics do not
+    depend on the order; the kept values are taken from ``e`` in its own order, so the mean
+    sums them the same way).
+    """
+    ordered = np.sort(e)
+    p16, p84 = np.percentile(ordered, [16.0, 84.0], overwrite_input=True)
+    m = np.median(ordered, overwrite_input=True)
+    half = nsigma * (0.5 * (p84 - p16))
+    level = float(np.mean(e[(e >= m - half) & (e <= m + half)]))
+    deviation = np.abs(e - m)
+    deviation.sort()
+    noise = float(1.4826 * np.median(deviation, overwrite_input=True))
+    return level, noise
+
+
+def overscan_statistics(
+    raw: np.ndarray, number: int, gain: float, geometry: AmpGeometry, adc_scale: float
+) -> tuple[float, float]:
+    """(level, read noise), electrons, of amplifier ``number`` given as stored (rows, cols).
+
+    Both come from the strip of all rows and the columns :meth:`AmpGeometry.strip_columns`
+    of the oriented amplifier: the level is its clipped mean (k = ``geometry.nsigma``,
+    :func:`clipped_mean`), the noise its :func:`robust_std`. Both are NaN when the strip
+    holds a NaN or Inf value.
     """
     oriented = orient(raw, number)
     strip = oriented[:, geometry.strip_columns(oriented.shape[1])]
-    e = to_electrons(strip, adc_scale, gain, np.empty(strip.shape, dtype=np.float64))
+    e = to_electrons(strip, adc_scale, gain, np.empty(strip.shape, dtype=np.float64)).ravel()
     if raw.dtype.kind == "f" and not np.isfinite(e).all():
-        return math.nan
-    return clipped_mean(e, geometry.nsigma)
+        return math.nan, math.nan
+    return strip_statistics(e, geometry.nsigma)
 
 
 def robust_std(values: np.ndarray) -> float:
@@ -165,19 +186,6 @@ def robust_std(values: np.ndarray) -> float:
     x = np.asarray(values, dtype=np.float64).ravel()
     deviation = np.abs(x - np.median(x))
     return float(1.4826 * np.median(deviation, overwrite_input=True))
-
-
-def overscan_noise(
-    raw: np.ndarray, number: int, gain: float, geometry: AmpGeometry, adc_scale: float
-) -> float:
-    """Read noise (electrons) of amplifier ``number``: :func:`robust_std` of the same strip
-    as :func:`overscan_level` (all rows, the serial overscan less its edge columns)."""
-    oriented = orient(raw, number)
-    strip = oriented[:, geometry.strip_columns(oriented.shape[1])]
-    e = to_electrons(strip, adc_scale, gain, np.empty(strip.shape, dtype=np.float64))
-    if raw.dtype.kind == "f" and not np.isfinite(e).all():
-        return math.nan
-    return robust_std(e)
 
 
 def subtract_into(
@@ -194,8 +202,9 @@ def subtract_into(
     for start in range(0, raw.shape[0], ROW_BLOCK):
         src = raw[start : start + ROW_BLOCK]
         block = to_electrons(src, adc_scale, gain, scratch[: src.shape[0]])
+        block -= level  # float64, in cache; then one cast (and byte swap) to the output
         dest = out[start : start + ROW_BLOCK]
-        np.subtract(block, level, out=dest, casting="unsafe")
+        dest[...] = block
         if floating:
             dest[np.isinf(dest)] = np.nan
 
@@ -207,21 +216,22 @@ def convert_amp(
     geometry: AmpGeometry,
     adc_scale: float,
     tile: np.ndarray,
-) -> float:
+) -> tuple[float, float]:
     """Overscan-subtract amplifier ``number`` (stored, (rows, cols)) into its CCD ``tile``.
 
     ``tile`` is the (drows, dcols) view of the CCD image the data go to. Returns the overscan
-    level in electrons; when it is NaN (NaN/Inf in the strip) the tile is filled with NaN.
+    (level, read noise) in electrons (:func:`overscan_statistics`); when they are NaN
+    (NaN/Inf in the strip) the tile is filled with NaN.
     """
-    level = overscan_level(raw, number, gain, geometry, adc_scale)
+    level, noise = overscan_statistics(raw, number, gain, geometry, adc_scale)
     if not math.isfinite(level):
         tile[...] = np.nan
-        return level
+        return level, noise
     drows, dcols = tile.shape
     oriented = orient(raw, number)
     data = orient(oriented[:drows, geometry.prescan : geometry.prescan + dcols], number)
     subtract_into(data, gain, level, adc_scale, tile)
-    return level
+    return level, noise
 
 
 def convert_ccd(
@@ -230,21 +240,21 @@ def convert_ccd(
     geometry: AmpGeometry,
     adc_scale: float,
     threads: int = 1,
-) -> tuple[np.ndarray, list[float]]:
+) -> tuple[np.ndarray, list[float], list[float]]:
     """One CCD from its 2 or 4 amplifiers (AMP1 first, all of one shape).
 
     ``raws``: arrays (rows, cols) as stored in the L0 file; ``gains``: electrons per DN.
     Returns the image, float32 electrons (big-endian, as FITS stores them) of shape
-    (drows, 2 dcols) for 2 amplifiers or (2 drows, 2 dcols) for 4, and the overscan level of
-    each amplifier in electrons (NaN for a strip with NaN/Inf, whose tile is then NaN).
-    ``threads`` > 1 converts amplifiers concurrently (NumPy releases the GIL); the result
-    does not depend on it.
+    (drows, 2 dcols) for 2 amplifiers or (2 drows, 2 dcols) for 4, the overscan level and
+    the overscan read noise of each amplifier in electrons (NaN for a strip with NaN/Inf,
+    whose tile is then NaN). ``threads`` > 1 converts amplifiers concurrently (NumPy
+    releases the GIL); the result does not depend on it.
     """
     namps = len(raws)
     drows, dcols = geometry.data_size(raws[0].shape)
     image = np.empty((drows if namps == 2 else 2 * drows, 2 * dcols), dtype=FITS_FLOAT32)
 
-    def one(number: int) -> float:
+    def one(number: int) -> tuple[float, float]:
         rows, cols = tile_slices(number, namps, drows, dcols)
         tile = image[rows, cols]
         return convert_amp(raws[number - 1], number, gains[number - 1], geometry, adc_scale, tile)
@@ -252,10 +262,10 @@ def convert_ccd(
     numbers = range(1, namps + 1)
     if threads > 1:
         with ThreadPoolExecutor(max_workers=min(threads, namps)) as pool:
-            levels = list(pool.map(one, numbers))
+            stats = list(pool.map(one, numbers))
     else:
-        levels = [one(number) for number in numbers]
-    return image, levels
+        stats = [one(number) for number in numbers]
+    return image, [level for level, _ in stats], [noise for _, noise in stats]
 
 
 def read_ccd(
@@ -309,6 +319,73 @@ def copy_image_hdu(hdul: fits.HDUList, path: str | Path, ext: str) -> fits.Image
     return fits.ImageHDU(data=data, header=header, name=ext)
 
 
+def strip_error(l0_path: Path, ccd: str, number: int, ncols: int, geometry: AmpGeometry):
+    """The :class:`InputError` for a NaN/Inf value in amplifier ``number``'s overscan strip,
+    naming the stored columns (``ncols`` wide amplifier)."""
+    cols = geometry.strip_columns(ncols)
+    first, last = cols.start, cols.stop - 1
+    if number in (2, 4):  # stored mirrored
+        first, last = ncols - 1 - last, ncols - 1 - first
+    return InputError(
+        l0_path,
+        f"extension {ccd}_AMP{number}: NaN/Inf values in the serial-overscan "
+        f"strip (stored columns {first}..{last}), expected finite values",
+    )
+
+
+def build_2d(
+    hdul: fits.HDUList,
+    l0_path: str | Path,
+    geometry: AmpGeometry,
+    adc_scale: float,
+    threads: int = 1,
+) -> tuple[fits.HDUList, dict]:
+    """The 2D HDUList of an open L0 file (SPEC section 2, steps 1-4), in memory, and a report.
+
+    ``hdul`` comes from :func:`~kpfmasters.l0read.open_l0` (it must stay open while the
+    result is used: the CA_HK copy may be memory-mapped). The list holds PRIMARY (the L0
+    primary header plus GRNAMPS/REDAMPS, 0 for an absent CCD), ``GREEN_CCD``/``RED_CCD``
+    (float32 electrons) for the CCDs that have amplifiers, ``CA_HK`` as is when present.
+    Raises :class:`InputError` on bad input (including a file with no amplifier at all).
+
+    Report keys: ``amps`` ({ccd: number of amplifiers, 0 when absent}), ``overscan``
+    ({ccd: levels in electrons}), ``read_noise`` ({ccd: robust std of each overscan strip
+    in electrons}), ``ca_hk`` (bool).
+    """
+    l0_path = Path(l0_path)
+    report: dict = {"amps": {}, "overscan": {}, "read_noise": {}, "ca_hk": False}
+    primary = hdul[0].header.copy()
+    for key in ("CHECKSUM", "DATASUM"):
+        primary.remove(key, ignore_missing=True)
+    extensions = []
+    for ccd in CCDS:
+        amps = read_ccd(hdul, l0_path, ccd, geometry)
+        namps = 0 if amps is None else len(amps[0])
+        primary[AMPS_KEYWORD[ccd]] = (namps, f"number of {ccd} amplifiers")
+        report["amps"][ccd], report["overscan"][ccd], report["read_noise"][ccd] = namps, [], []
+        if amps is None:
+            log.info("%s: no %s amplifier extensions; %s_CCD left out", l0_path, ccd, ccd)
+            continue
+        raws, gains = amps
+        image, levels, noises = convert_ccd(raws, gains, geometry, adc_scale, threads)
+        for number, level in enumerate(levels, start=1):
+            if not math.isfinite(level):
+                raise strip_error(l0_path, ccd, number, raws[0].shape[1], geometry)
+        report["overscan"][ccd], report["read_noise"][ccd] = levels, noises
+        extensions.append(ccd_hdu(ccd, image, levels, noises))
+    if not extensions:
+        raise InputError(
+            l0_path,
+            "no amplifier extension (GREEN_AMP1.., RED_AMP1..), expected at least one CCD",
+        )
+    if "CA_HK" in hdul and hdul["CA_HK"].is_image:
+        extensions.append(copy_image_hdu(hdul, l0_path, "CA_HK"))
+        report["ca_hk"] = True
+    else:
+        log.info("%s: no CA_HK image extension; left out", l0_path)
+    return fits.HDUList([fits.PrimaryHDU(header=primary), *extensions]), report
+
+
 def convert_l0(
     l0_path: str | Path,
     out_path: str | Path,
@@ -318,72 +395,17 @@ def convert_l0(
 ) -> dict:
     """Convert one L0 file into its 2D file (SPEC section 2); return a short report.
 
-    Writes ``out_path`` atomically: PRIMARY (the L0 primary header plus GRNAMPS/REDAMPS,
-    0 for an absent CCD), ``GREEN_CCD``/``RED_CCD`` (float32 electrons) for the CCDs that
-    have amplifiers, ``CA_HK`` copied as is when present. Raises :class:`InputError`, and
-    writes nothing, on bad input (including a file with no amplifier at all).
-
-    ``threads``: amplifiers converted concurrently (see :func:`convert_ccd`).
-
-    Report keys: ``output`` (path), ``amps`` ({ccd: number of amplifiers, 0 when absent}),
-    ``overscan`` ({ccd: levels in electrons}), ``read_noise`` ({ccd: robust std of each
-    overscan strip in electrons, see :func:`overscan_noise`}), ``ca_hk`` (bool),
-    ``seconds`` (float).
+    :func:`build_2d` then an atomic write with CHECKSUM/DATASUM; on bad input an
+    :class:`InputError` is raised and nothing is written. ``threads``: amplifiers converted
+    concurrently (see :func:`convert_ccd`). The report is :func:`build_2d`'s plus
+    ``output`` (path) and ``seconds`` (float, the whole conversion).
     """
     t0 = time.perf_counter()
     l0_path, out_path = Path(l0_path), Path(out_path)
-    report: dict = {
-        "output": str(out_path),
-        "amps": {},
-        "overscan": {},
-        "read_noise": {},
-        "ca_hk": False,
-    }
     with open_l0(l0_path) as hdul:
-        primary = hdul[0].header.copy()
-        for key in ("CHECKSUM", "DATASUM"):
-            primary.remove(key, ignore_missing=True)
-        extensions = []
-        for ccd in CCDS:
-            amps = read_ccd(hdul, l0_path, ccd, geometry)
-            namps = 0 if amps is None else len(amps[0])
-            primary[AMPS_KEYWORD[ccd]] = (namps, f"number of {ccd} amplifiers")
-            report["amps"][ccd], report["overscan"][ccd] = namps, []
-            report["read_noise"][ccd] = []
-            if amps is None:
-                log.info("%s: no %s amplifier extensions; %s_CCD left out", l0_path, ccd, ccd)
-                continue
-            raws, gains = amps
-            image, levels = convert_ccd(raws, gains, geometry, adc_scale, threads)
-            for number, level in enumerate(levels, start=1):
-                if not math.isfinite(level):
-                    ncols = raws[0].shape[1]
-                    cols = geometry.strip_columns(ncols)
-                    first, last = cols.start, cols.stop - 1
-                    if number in (2, 4):  # stored mirrored
-                        first, last = ncols - 1 - last, ncols - 1 - first
-                    raise InputError(
-                        l0_path,
-                        f"extension {ccd}_AMP{number}: NaN/Inf values in the serial-overscan "
-                        f"strip (stored columns {first}..{last}), expected finite values",
-                    )
-            noises = [
-                overscan_noise(raw, number, gain, geometry, adc_scale)
-                for number, (raw, gain) in enumerate(zip(raws, gains, strict=True), start=1)
-            ]
-            report["overscan"][ccd], report["read_noise"][ccd] = levels, noises
-            extensions.append(ccd_hdu(ccd, image, levels, noises))
-        if not extensions:
-            raise InputError(
-                l0_path,
-                "no amplifier extension (GREEN_AMP1.., RED_AMP1..), expected at least one CCD",
-            )
-        if "CA_HK" in hdul and hdul["CA_HK"].is_image:
-            extensions.append(copy_image_hdu(hdul, l0_path, "CA_HK"))
-            report["ca_hk"] = True
-        else:
-            log.info("%s: no CA_HK image extension; left out", l0_path)
-        write_fits(fits.HDUList([fits.PrimaryHDU(header=primary), *extensions]), out_path)
+        result, report = build_2d(hdul, l0_path, geometry, adc_scale, threads)
+        write_fits(result, out_path)
+    report["output"] = str(out_path)
     report["seconds"] = time.perf_counter() - t0
     return report
 

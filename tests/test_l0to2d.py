@@ -19,7 +19,14 @@ from astropy.io import fits
 from kpfmasters import cli
 from kpfmasters.config import DEFAULT_CONFIG_PATH, load_config
 from kpfmasters.errors import ConfigError, InputError
-from kpfmasters.l0to2d import AmpGeometry, clipped_mean, convert_l0, orient
+from kpfmasters.l0to2d import (
+    AmpGeometry,
+    clipped_mean,
+    convert_l0,
+    orient,
+    robust_std,
+    strip_statistics,
+)
 from kpfmasters.simulate import expected_2d, simulate_night
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,6 +195,26 @@ def test_clipped_mean_hand_examples_and_equality_keeps():
     on_bounds = np.array([1, 1] + [1.5] * 6 + [2.0] * 9 + [3, 3])
     assert clipped_mean(x, 1.0) == pytest.approx(on_bounds.mean(), rel=1e-15)  # 35 / 19
     assert clipped_mean(x, 0.999) == pytest.approx(1.8, rel=1e-15)  # bounds now rejected
+
+
+def test_strip_statistics_equal_clipped_mean_and_robust_std_bit_for_bit():
+    # The one-sort path must give exactly the reference values: odd and even sizes, ties,
+    # integer-valued strips like real overscans (DN * gain / 2^16), outliers, k's of SPEC.
+    rng = np.random.default_rng(11)
+    cases = [
+        rng.normal(1000.0, 5.0, size=4110 * 40),
+        rng.normal(1000.0, 5.0, size=4110 * 40 + 1),
+        np.round(rng.normal(300.0, 3.0, size=2040 * 40)) * (1.43 * 65536) / 65536,
+        np.array([1.0, 2, 3, 4, 5, 6, 7, 8, 9, 100]),
+        np.full(17, 3.25),
+        np.array([7.5]),
+    ]
+    cases[0][::101] += 800.0
+    for x in cases:
+        for k in (2.1, 2.2, 2.3, 2.4, 0.5):
+            level, noise = strip_statistics(x, k)
+            assert level == clipped_mean(x, k), (x.size, k)
+            assert noise == robust_std(x), x.size
 
 
 # -- geometry -----------------------------------------------------------------------------
