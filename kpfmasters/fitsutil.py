@@ -1,4 +1,4 @@
-"""FITS helpers shared by every writer: atomic writes and header-only reads.
+"""FITS helpers shared by every writer: atomic writes, header-only reads, checksum checks.
 
 Every product is written under a temporary name in the destination directory, flushed to
 disk, and renamed over the final name, so a reader (or a killed job) never sees a
@@ -115,6 +115,30 @@ def check_complete(path: str | Path) -> None:
                             path, f"is truncated: HDU {index} needs {end} bytes, file has {size}"
                         )
     except (OSError, ValueError, AstropyUserWarning) as exc:
+        raise InputError(path, f"is not a readable FITS file ({exc})") from exc
+
+
+def verify_checksums(path: str | Path) -> None:
+    """Raise :class:`InputError` unless every HDU of ``path`` carries CHECKSUM and DATASUM
+    and both match its bytes (the data are read through a memory map, not converted)."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", AstropyUserWarning)
+            with fits.open(path, checksum=True, memmap=True) as hdul:
+                hdul.readall()
+                for index, hdu in enumerate(hdul):
+                    missing = [k for k in ("CHECKSUM", "DATASUM") if k not in hdu.header]
+                    if missing:
+                        raise InputError(
+                            path,
+                            f"HDU {index} ({hdu.name or 'no EXTNAME'}) has no "
+                            f"{'/'.join(missing)}, expected both (kpf-masters writes them)",
+                        )
+    except AstropyUserWarning as exc:
+        detail = " ".join(str(exc).split())
+        raise InputError(path, f"fails checksum verification ({detail})") from exc
+    except (OSError, ValueError, TypeError) as exc:
         raise InputError(path, f"is not a readable FITS file ({exc})") from exc
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import __version__
 from .config import config_hash
 from .errors import InputError, KPFMastersError, NoPredecessorError
-from .fitsutil import check_complete
+from .fitsutil import atomic_output, check_complete, verify_checksums
 from .naming import master_name, two_d_name
 from .night import scan_night
 from .predecessors import Candidate, masters_on_disk, nearest
@@ -50,6 +50,7 @@ class Plans:
         self._plans: dict[str, NightPlan] = {}
         self._reported: set[str] = set()
         self._unusable: dict[Path, str] = {}
+        self._verified: dict[str, dict] | None = None  # loaded on first use
 
     # -- paths -----------------------------------------------------------------------------
     def index_path(self, date: str) -> str:
@@ -123,19 +124,58 @@ class Plans:
         return str(found.path)
 
     def _disk_problem(self, cand: Candidate) -> str:
-        """Why a master on disk cannot be a predecessor ('' if it looks complete); logged once.
+        """Why a master on disk cannot be a predecessor ('' if it can); logged once.
 
-        Only headers and sizes are checked here; the checksums are verified when it is read.
+        Headers, sizes and every HDU's CHECKSUM/DATASUM are checked, so a damaged master is
+        passed over for the next nearest instead of failing the job that would read it. The
+        verdict is remembered per file version (size, mtime) in :meth:`verified_path`, so a
+        master is read once, not at every DAG build.
         """
         if cand.path not in self._unusable:
-            try:
-                check_complete(cand.path)
-                self._unusable[cand.path] = ""
-            except InputError as exc:
-                self._unusable[cand.path] = exc.problem
-                if self.main_process and self.log:
-                    self.log.warning(f"master {exc}; not used as a predecessor")
+            problem = self._verified_problem(cand.path)
+            self._unusable[cand.path] = problem
+            if problem and self.main_process and self.log:
+                self.log.warning(f"master {cand.path}: {problem}; not used as a predecessor")
         return self._unusable[cand.path]
+
+    def verified_path(self) -> Path:
+        """``<work_root>/index/verified_masters.json``: checked masters and their verdicts."""
+        return Path(self.cfg["work_root"]) / "index" / "verified_masters.json"
+
+    def _verified_problem(self, path: Path) -> str:
+        """'' when ``path`` is a complete FITS file whose checksums match, else the problem."""
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            return f"cannot be read ({exc.strerror})"
+        if self._verified is None:
+            try:
+                self._verified = json.loads(self.verified_path().read_text())
+            except (OSError, ValueError):
+                self._verified = {}
+        entry = self._verified.get(str(path))
+        if entry and [entry.get("size"), entry.get("mtime_ns")] == [
+            stat.st_size,
+            stat.st_mtime_ns,
+        ]:
+            return entry.get("problem", "")
+        try:
+            check_complete(path)
+            verify_checksums(path)
+            problem = ""
+        except InputError as exc:
+            problem = exc.problem
+        self._verified[str(path)] = {
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "problem": problem,
+        }
+        try:
+            with atomic_output(self.verified_path()) as tmp:
+                Path(tmp).write_text(json.dumps(self._verified, indent=1, sort_keys=True))
+        except OSError:  # a read-only work area only costs the check again next time
+            pass
+        return problem
 
     def master_params(self, date: str, mtype: str, tag: str | None = None) -> dict:
         sel = self.selection(date, mtype, tag)

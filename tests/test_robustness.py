@@ -15,6 +15,8 @@ masters on disk is checked in-process (no Snakemake needed).
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ from badinputs import (
 )
 from verifyfits import assert_verified, needs_fitsverify
 
+from kpfmasters import workflow_support
 from kpfmasters.config import load_config
 from kpfmasters.errors import NoPredecessorError
 from kpfmasters.fitsutil import write_fits
@@ -437,7 +440,19 @@ def tiny_master(path: Path) -> Path:
     return write_fits(fits.HDUList(hdus), path)
 
 
-def test_unreadable_masters_on_disk_are_passed_over_as_predecessors(tmp_path):
+def flip_data_byte(path: Path) -> Path:
+    """Change one byte of the first extension's data in place (size and headers intact)."""
+    with fits.open(path) as hdul:
+        offset = hdul.fileinfo(1)["datLoc"] + 5
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0x40]))
+    return path
+
+
+def test_unreadable_masters_on_disk_are_passed_over_as_predecessors(tmp_path, monkeypatch):
     counts = {"bias": 0, "dark": 2, "flat": 0, "arclamp": {}}
     simulate_night(tmp_path / "sim", FAR, seed=5, size=SIZE, counts=counts, extras=False)
     masters = tmp_path / "masters"
@@ -454,30 +469,54 @@ def test_unreadable_masters_on_disk_are_passed_over_as_predecessors(tmp_path):
     empty.parent.mkdir(parents=True)
     empty.write_bytes(b"")
     cut = truncate(tiny_master(masters / "20230802" / "kpf_20230802_master_bias.fits"), 0.9)
+    flipped = flip_data_byte(tiny_master(masters / "20230803" / "kpf_20230803_master_bias.fits"))
     good = tiny_master(masters / "20230804" / "kpf_20230804_master_bias.fits")
 
     log = ListLog()
     plans = Plans(cfg, log=log)
     assert plans.predecessor(FAR, "bias") == str(good)
     warnings = [text for level, text in log.lines if level == "warning"]
-    assert warnings == [
+    assert warnings[:2] == [
         f"master {empty}: is empty (0 bytes), expected a FITS file; not used as a predecessor",
         f"master {cut}: is not a readable FITS file (File may have been truncated: actual file "
         f"length ({cut.stat().st_size}) is smaller than the expected size (8640)); not used as "
         "a predecessor",
     ]
+    assert re.fullmatch(
+        rf"master {flipped}: fails checksum verification \(.*verification failed for HDU "
+        r"\('GREEN_CCD', 1\)\.\); not used as a predecessor",
+        warnings[2],
+    )
+    assert len(warnings) == 3
+
+    # Verdicts are remembered per file version: a new DAG build reads none of the masters
+    # again, a changed file is checked again.
+    verdicts = json.loads(plans.verified_path().read_text())
+    assert verdicts[str(good)]["problem"] == "" and verdicts[str(flipped)]["problem"]
+    checked: list[Path] = []
+    real = workflow_support.verify_checksums
+    monkeypatch.setattr(
+        workflow_support, "verify_checksums", lambda path: (checked.append(path), real(path))
+    )
+    assert Plans(cfg, log=ListLog()).predecessor(FAR, "bias") == str(good)
+    assert checked == []
+    tiny_master(flipped)  # rewritten whole again: a new version, and a good one
+    assert Plans(cfg, log=ListLog()).predecessor(FAR, "bias") == str(flipped)
+    assert checked == [flipped]
+    flip_data_byte(flipped)
+    os.utime(flipped, ns=(flipped.stat().st_atime_ns, flipped.stat().st_mtime_ns + 10**9))
 
     good.unlink()
     log = ListLog()
     plans = Plans(cfg, log=log)
     with pytest.raises(NoPredecessorError) as info:
         plans.predecessor(FAR, "bias")
-    assert str(info.value) == (
+    assert str(info.value).startswith(
         f"night {FAR} has no master bias of its own and every one is unusable; passed over: "
         "kpf_20230731_master_bias.fits (is empty (0 bytes), expected a FITS file), "
         f"kpf_20230802_master_bias.fits (is not a readable FITS file (File may have been "
         f"truncated: actual file length ({cut.stat().st_size}) is smaller than the expected "
-        "size (8640)))"
+        "size (8640))), kpf_20230803_master_bias.fits (fails checksum verification ("
     )
     assert plans.night_targets(FAR) == []
     assert ("error", f"master dark for {FAR} not made: {info.value}") in log.lines
