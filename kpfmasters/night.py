@@ -26,7 +26,7 @@ from .naming import parse_l0_name
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 3
+INDEX_VERSION = 4
 HEADER_KEYS = ("IMTYPE", "OBJECT", "EXPTIME", "ELAPSED", "MJD-OBS", "DATE-OBS")
 CCDS = ("GREEN", "RED")
 _AMP_RE = re.compile(r"^(GREEN|RED)_AMP([1-4])$")
@@ -42,7 +42,8 @@ class Frame:
     ``header`` holds the raw values of :data:`HEADER_KEYS` (JSON types; absent keys absent).
     ``ccd_shapes`` maps ``GREEN_CCD``/``RED_CCD``/``CA_HK`` to the (rows, cols) the 2D image
     will have. ``problem`` is empty for a usable file, else says why it cannot be used.
-    ``note`` says what was read leniently (non-ASCII header bytes, read as ``?``).
+    ``note`` says what was read leniently (non-ASCII header bytes: see
+    :func:`raw_object_value`).
     """
 
     name: str
@@ -136,6 +137,39 @@ def _ccd_shapes(hdul: fits.HDUList, amp_geometry: dict) -> tuple[dict, str]:
     return shapes, ""
 
 
+def raw_string_card(path: Path, key: str) -> bytes | None:
+    """The string value of PRIMARY keyword ``key``, byte for byte ('' unescaped, trailing
+    blanks dropped as FITS says), or None when there is no such string card."""
+    name = key.encode("ascii").ljust(8)
+    with open(path, "rb") as handle:
+        for _ in range(1000):  # header blocks; a primary header is a few at most
+            block = handle.read(2880)
+            if len(block) < 2880:
+                return None
+            for start in range(0, 2880, 80):
+                card = block[start : start + 80]
+                if card[:8] == b"END     ":
+                    return None
+                if card[:8] == name and card[8:10] == b"= ":
+                    match = re.match(rb" *'((?:[^']|'')*)'", card[10:])
+                    return match.group(1).replace(b"''", b"'").rstrip(b" ") if match else None
+    return None
+
+
+def raw_object_value(path: Path) -> str | None:
+    """OBJECT with each non-ASCII byte written ``\\xNN`` (None when it has none).
+
+    FITS headers are ASCII; astropy reads every other byte as ``?``, so two arclamp settings
+    spelt with different non-ASCII bytes of the same length would read alike and be stacked
+    together. Escaping keeps them apart and stays ASCII, so it can be written to the master's
+    header, file name tag and database row.
+    """
+    raw = raw_string_card(path, "OBJECT")
+    if raw is None or raw.isascii():
+        return None
+    return "".join(chr(b) if b < 0x80 else f"\\x{b:02x}" for b in raw)
+
+
 def read_frame(path: Path, amp_geometry: dict) -> Frame:
     """Read one L0 file's headers (never its pixels) into a :class:`Frame`."""
     stat = path.stat()
@@ -168,6 +202,13 @@ def read_frame(path: Path, amp_geometry: dict) -> Frame:
     frame.problem = problem
     if any(NON_ASCII_WARNING in str(w.message) for w in caught):
         frame.note = "non-ASCII characters in a header were read as '?' (FITS headers are ASCII)"
+        escaped = raw_object_value(path)
+        if escaped is not None:
+            frame.header["OBJECT"] = escaped
+            frame.note = (
+                "non-ASCII bytes in a header (FITS headers are ASCII); OBJECT read byte for "
+                "byte, each such byte written \\xNN"
+            )
     return frame
 
 

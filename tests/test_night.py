@@ -103,3 +103,34 @@ def test_index_is_reused_until_a_file_changes(tmp_path, monkeypatch):
 
 def test_missing_night_directory_is_empty(tmp_path):
     assert scan_night(tmp_path, DATE, None, GEOM) == ([], [])
+
+
+def test_objects_differing_only_in_non_ascii_bytes_read_apart(tmp_path):
+    # astropy reads each non-ASCII header byte as '?': "é" (2 bytes in UTF-8) and "ü" both
+    # become "??". The index keeps them apart, escaped byte for byte, and ASCII objects as
+    # they are; quotes inside the value and trailing blanks follow the FITS string rules.
+    night = tmp_path / DATE
+    night.mkdir()
+    objects = {"00100": "autocal-é-lamp", "00200": "autocal-ü-lamp", "00300": "it''s-é   "}
+    for stamp, text in objects.items():
+        path = write_l0(night / f"KP.{DATE}.{stamp}.00.fits", IMTYPE="Arclamp", OBJECT="X" * 20)
+        raw = text.encode()
+        data = path.read_bytes()
+        card = b"'" + b"X" * 20 + b"'"
+        new = b"'" + raw + b"'" + b" " * (len(card) - len(raw) - 2)
+        path.write_bytes(data[:2880].replace(card, new) + data[2880:])
+    write_l0(night / f"KP.{DATE}.00400.00.fits", IMTYPE="Arclamp", OBJECT="autocal-une-sky")
+    frames, _ = scan_night(tmp_path, DATE, tmp_path / "index.json", GEOM)
+    by = {f.name[12:17]: f for f in frames}
+    assert by["00100"].header["OBJECT"] == "autocal-\\xc3\\xa9-lamp"
+    assert by["00200"].header["OBJECT"] == "autocal-\\xc3\\xbc-lamp"
+    assert by["00300"].header["OBJECT"] == "it's-\\xc3\\xa9"
+    assert by["00400"].header["OBJECT"] == "autocal-une-sky" and by["00400"].note == ""
+    for stamp in ("00100", "00200", "00300"):
+        assert by[stamp].problem == ""
+        assert by[stamp].note == (
+            "non-ASCII bytes in a header (FITS headers are ASCII); OBJECT read byte for byte, "
+            "each such byte written \\xNN"
+        )
+    again, _ = scan_night(tmp_path, DATE, tmp_path / "index.json", GEOM)  # from the index
+    assert [f.header for f in again] == [f.header for f in frames]

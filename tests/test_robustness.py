@@ -53,7 +53,7 @@ DATE, EMPTY, ONE_FLAT, FAR = "20230606", "20230607", "20230608", "20230801"
 SIZE = 48
 HOSTILE = "Th Ar/../sky 'lamp'"  # spaces, slashes, dots, quotes
 NON_ASCII_BYTES = "autocal-é-lamp".encode()  # written into the header as raw UTF-8 bytes
-NON_ASCII_READ = "autocal-??-lamp"  # what a FITS reader makes of it (headers are ASCII)
+NON_ASCII_READ = "autocal-\\xc3\\xa9-lamp"  # as the index reads it: astropy says "??"
 # Pixels set to NaN, +Inf, -Inf in GREEN_AMP1 (stored rows, columns) of one bias; AMP1 is
 # not flipped, so CCD pixel = (row, column - prescan).
 BAD_PIXELS = [(10, 10, np.nan), (11, 12, np.inf), (12, 14, -np.inf)]
@@ -316,7 +316,10 @@ def test_object_values_give_safe_unique_file_names(broken, obj, cases):
 
 
 def test_non_ascii_header_bytes_are_noted_not_fatal(broken):
-    note = "non-ASCII characters in a header were read as '?' (FITS headers are ASCII)"
+    note = (
+        "non-ASCII bytes in a header (FITS headers are ASCII); OBJECT read byte for byte, "
+        "each such byte written \\xNN"
+    )
     for case in ("non_ascii_1", "non_ascii_2"):
         assert f"  note {name(case)}: {note}" in selection_report(broken)
 
