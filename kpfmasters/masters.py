@@ -94,13 +94,15 @@ def read_verified(path: str | Path, extname: str) -> np.ndarray | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", AstropyUserWarning)
-            with fits.open(path, checksum=True, memmap=False) as hdul:
+            # Memory-mapped: each HDU's checksum is summed over the file's bytes where the
+            # page cache holds them, and only the wanted image is copied (to float64).
+            with fits.open(path, checksum=True, memmap=True) as hdul:
                 if extname not in hdul:
                     return None
                 hdu = hdul[extname]
                 if "CHECKSUM" not in hdu.header or "DATASUM" not in hdu.header:
                     raise InputError(path, f"extension {extname} has no CHECKSUM/DATASUM")
-                return np.asarray(hdu.data, dtype=np.float64)
+                return np.array(hdu.data, dtype=np.float64, copy=True)
     except AstropyUserWarning as exc:
         raise InputError(path, f"fails checksum verification ({exc})") from exc
     except (OSError, ValueError, TypeError) as exc:

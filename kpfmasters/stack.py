@@ -23,8 +23,10 @@ import logging
 import math
 import mmap
 import os
+import threading
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -461,14 +463,17 @@ def stack_files(
     preprocess : callable ``(i, rows, band) -> ndarray | None``, optional
         Called for frame ``i`` (index into ``paths``) with ``rows`` (a slice of image rows)
         and ``band``, a float64 array (rows in band, cols) the caller may modify in place or
-        replace by returning a new array of the same shape. Called band after band, frames
-        in order within a band. Without it, float32 inputs are sorted in float32 (exact).
+        replace by returning a new array of the same shape. Called band after band; the
+        frames of a band may be preprocessed concurrently (see ``threads``), so it must not
+        depend on the order of the calls. Without it, float32 inputs are sorted in float32
+        (exact).
     band_rows : int
         Rows per band; 0 derives it from ``memory_mb``. Results do not depend on it.
     memory_mb : int
         Budget of the band buffer in MiB when ``band_rows`` is 0.
     threads : int or None
-        numba threads for the kernel (None: numba's default, all cores).
+        numba threads for the kernel, and threads gathering a band's frames into the
+        buffer (None: all cores). Results do not depend on it.
     mmap_ok : bool
         Allow the zero-copy path (below); False always copies into the band buffer.
 
@@ -559,24 +564,50 @@ def stack_files(
             dtype.name,
             buf.nbytes / 2**20,
         )
-        scratch: dict = {}
+        local = threading.local()  # per-thread scratch buffers of read_into
+
+        def gather(i: int, r0: int, r1: int) -> None:
+            """Frame ``i``'s rows [r0, r1) into the band buffer, preprocessed."""
+            if not hasattr(local, "scratch"):
+                local.scratch = {}
+            dest = buf[i, : r1 - r0]
+            inputs[i].read_into(r0, r1, dest, local.scratch)
+            if preprocess is not None:
+                out = preprocess(i, slice(r0, r1), dest)
+                if out is not None and out is not dest:
+                    out = np.asarray(out)
+                    if out.shape != dest.shape:
+                        raise ValueError(
+                            f"preprocess returned shape {out.shape} for frame {i} rows "
+                            f"{r0}..{r1 - 1}, expected {dest.shape}"
+                        )
+                    np.copyto(dest, out, casting="unsafe")
+
+        # Plain files are read (preadv) and preprocessed (NumPy) with the GIL released, so the
+        # frames of a band are gathered by several threads; compressed ones go through
+        # astropy, one at a time.
+        workers = gather_workers(threads, nframes, inputs)
         nrej = 0
-        for r0 in range(0, rows, band):
-            r1 = min(rows, r0 + band)
-            for i, inp in enumerate(inputs):
-                dest = buf[i, : r1 - r0]
-                inp.read_into(r0, r1, dest, scratch)
-                if preprocess is not None:
-                    out = preprocess(i, slice(r0, r1), dest)
-                    if out is not None and out is not dest:
-                        out = np.asarray(out)
-                        if out.shape != dest.shape:
-                            raise ValueError(
-                                f"preprocess returned shape {out.shape} for frame {i} rows "
-                                f"{r0}..{r1 - 1}, expected {dest.shape}"
-                            )
-                        np.copyto(dest, out, casting="unsafe")
-            nrej += stack_rows(
-                buf, r1 - r0, nsigma, cf, avg[r0:r1], unc[r0:r1], cnt[r0:r1], threads=threads
-            )
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for r0 in range(0, rows, band):
+                r1 = min(rows, r0 + band)
+                if workers > 1:
+                    list(pool.map(gather, range(nframes), [r0] * nframes, [r1] * nframes))
+                else:
+                    for i in range(nframes):
+                        gather(i, r0, r1)
+                nrej += stack_rows(
+                    buf, r1 - r0, nsigma, cf, avg[r0:r1], unc[r0:r1], cnt[r0:r1], threads=threads
+                )
     return StackResult(avg, unc, cnt, nrej)
+
+
+def gather_workers(threads: int | None, nframes: int, inputs: list[_Input]) -> int:
+    """Threads that gather a band: ``threads`` (None: the usable cores), at most one per
+    frame, and 1 when any input is tile-compressed (astropy's reader is not shared safely)."""
+    if any(inp.kind != "image" for inp in inputs):
+        return 1
+    if threads is None:
+        cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+        threads = len(cores) if cores else (os.cpu_count() or 1)
+    return max(1, min(threads, nframes))

@@ -282,9 +282,15 @@ def test_preprocess_is_applied_per_frame_and_band(tmp_path, small_cube):
     expected = stack_cube(calibrated, 2.2)
     for pre in (in_place, returns_new):
         for band_rows in (1, 10, 0):
-            got = stack_files(paths, "GREEN_CCD", 2.2, preprocess=pre, band_rows=band_rows)
-            assert_same_bits(got, expected)
-    assert (0, 0) in seen and (8, 30) in seen  # every frame, every band
+            for threads in (1, 2, 3):  # the frames of a band are gathered by that many threads
+                got = stack_files(
+                    paths, "GREEN_CCD", 2.2, preprocess=pre, band_rows=band_rows, threads=threads
+                )
+                assert_same_bits(got, expected)
+    seen.clear()
+    stack_files(paths, "GREEN_CCD", 2.2, preprocess=in_place, band_rows=10, threads=3)
+    rows = small_cube.shape[1]
+    assert sorted(seen) == [(i, r) for i in range(len(paths)) for r in range(0, rows, 10)]
 
     def wrong_shape(i, rows, band):
         return band[:, :3]
