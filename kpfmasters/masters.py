@@ -89,22 +89,32 @@ def read_verified(path: str | Path, extname: str) -> np.ndarray | None:
     """Image ``extname`` of a predecessor master as float64, after checksum verification.
 
     Returns None when the file has no such extension; raises :class:`InputError` when the file
-    is unreadable or its CHECKSUM/DATASUM do not match its contents.
+    is unreadable or the extension's CHECKSUM/DATASUM are missing or do not match its bytes.
+    The file is memory-mapped: the sums run over the extension's bytes where the page cache
+    holds them, no other extension's data is touched, and only the image is copied.
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", AstropyUserWarning)
-            # Memory-mapped: each HDU's checksum is summed over the file's bytes where the
-            # page cache holds them, and only the wanted image is copied (to float64).
-            with fits.open(path, checksum=True, memmap=True) as hdul:
+            with fits.open(path, memmap=True) as hdul:
                 if extname not in hdul:
                     return None
                 hdu = hdul[extname]
                 if "CHECKSUM" not in hdu.header or "DATASUM" not in hdu.header:
                     raise InputError(path, f"extension {extname} has no CHECKSUM/DATASUM")
+                for what, check in (
+                    ("Checksum", hdu.verify_checksum),
+                    ("Datasum", hdu.verify_datasum),
+                ):
+                    if check() != 1:
+                        raise InputError(
+                            path,
+                            f"fails checksum verification ({what} verification failed for "
+                            f"HDU {(hdu.name, hdu.ver)})",
+                        )
                 return np.array(hdu.data, dtype=np.float64, copy=True)
     except AstropyUserWarning as exc:
-        raise InputError(path, f"fails checksum verification ({exc})") from exc
+        raise InputError(path, f"is not a readable master ({exc})") from exc
     except (OSError, ValueError, TypeError) as exc:
         raise InputError(path, f"is not a readable master ({exc})") from exc
 
