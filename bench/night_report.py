@@ -10,6 +10,7 @@ import csv
 import datetime as dt
 import os
 import platform
+import subprocess
 from collections import defaultdict
 from pathlib import Path
 
@@ -49,9 +50,16 @@ def main() -> int:
         ),
         platform.processor(),
     )
+    commit = subprocess.run(
+        ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     lines = [
-        f"### Full-size night, `snakemake --cores 2` ({dt.date.today()}, {cpu}, "
-        f"{os.cpu_count()} cores)",
+        f"### Full-size night, `snakemake --cores 2` ({dt.datetime.now():%Y-%m-%d %H:%M}, {cpu}, "
+        f"{os.cpu_count()} cores, kpf-masters {commit or '?'}, load average at the end {load})",
         "",
         f"Total wall time: **{args.wall:.0f} s** for {len(rows)} jobs; "
         f"largest job peak RSS: **{max(r['max_rss'] for r in rows) / 1024:.2f} GiB**.",
