@@ -137,22 +137,45 @@ def _ccd_shapes(hdul: fits.HDUList, amp_geometry: dict) -> tuple[dict, str]:
     return shapes, ""
 
 
-def raw_string_card(path: Path, key: str) -> bytes | None:
-    """The string value of PRIMARY keyword ``key``, byte for byte ('' unescaped, trailing
-    blanks dropped as FITS says), or None when there is no such string card."""
-    name = key.encode("ascii").ljust(8)
+_FITS_STRING = re.compile(rb" *'((?:[^']|'')*)'")
+
+
+def _header_cards(path: Path):
+    """The PRIMARY header's 80-byte cards, as bytes, up to (not including) END."""
     with open(path, "rb") as handle:
         for _ in range(1000):  # header blocks; a primary header is a few at most
             block = handle.read(2880)
             if len(block) < 2880:
-                return None
+                return
             for start in range(0, 2880, 80):
                 card = block[start : start + 80]
                 if card[:8] == b"END     ":
-                    return None
-                if card[:8] == name and card[8:10] == b"= ":
-                    match = re.match(rb" *'((?:[^']|'')*)'", card[10:])
-                    return match.group(1).replace(b"''", b"'").rstrip(b" ") if match else None
+                    return
+                yield card
+
+
+def _card_string(text: bytes) -> bytes | None:
+    """The quoted string at the start of ``text`` ('' unescaped, trailing blanks dropped)."""
+    match = _FITS_STRING.match(text)
+    return match.group(1).replace(b"''", b"'").rstrip(b" ") if match else None
+
+
+def raw_string_card(path: Path, key: str) -> bytes | None:
+    """The string value of PRIMARY keyword ``key``, byte for byte, or None when there is no
+    such string card. FITS string rules apply: '' is a quote, trailing blanks are dropped, and
+    a value ending in ``&`` goes on in the CONTINUE cards that follow (long strings)."""
+    name = key.encode("ascii").ljust(8)
+    cards = _header_cards(path)
+    for card in cards:
+        if card[:8] == name and card[8:10] == b"= ":
+            value = _card_string(card[10:])
+            while value is not None and value.endswith(b"&"):
+                following = next(cards, b"")
+                more = _card_string(following[8:]) if following[:8] == b"CONTINUE" else None
+                if more is None:
+                    break
+                value = value[:-1] + more
+            return value
     return None
 
 
@@ -162,12 +185,13 @@ def raw_object_value(path: Path) -> str | None:
     FITS headers are ASCII; astropy reads every other byte as ``?``, so two arclamp settings
     spelt with different non-ASCII bytes of the same length would read alike and be stacked
     together. Escaping keeps them apart and stays ASCII, so it can be written to the master's
-    header, file name tag and database row.
+    header, file name tag and database row; a backslash of the value is doubled, so the
+    escaped form reads back unambiguously.
     """
     raw = raw_string_card(path, "OBJECT")
     if raw is None or raw.isascii():
         return None
-    return "".join(chr(b) if b < 0x80 else f"\\x{b:02x}" for b in raw)
+    return "".join("\\\\" if b == 0x5C else chr(b) if b < 0x80 else f"\\x{b:02x}" for b in raw)
 
 
 def read_frame(path: Path, amp_geometry: dict) -> Frame:
@@ -202,12 +226,16 @@ def read_frame(path: Path, amp_geometry: dict) -> Frame:
     frame.problem = problem
     if any(NON_ASCII_WARNING in str(w.message) for w in caught):
         frame.note = "non-ASCII characters in a header were read as '?' (FITS headers are ASCII)"
-        escaped = raw_object_value(path)
+        try:
+            escaped = raw_object_value(path)
+        except OSError as exc:
+            frame.problem = f"cannot be read ({exc.strerror or exc})"
+            return frame
         if escaped is not None:
             frame.header["OBJECT"] = escaped
             frame.note = (
                 "non-ASCII bytes in a header (FITS headers are ASCII); OBJECT read byte for "
-                "byte, each such byte written \\xNN"
+                "byte, each such byte written \\xNN (a backslash as \\\\)"
             )
     return frame
 

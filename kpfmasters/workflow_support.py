@@ -143,33 +143,36 @@ class Plans:
         return Path(self.cfg["work_root"]) / "index" / "verified_masters.json"
 
     def _verified_problem(self, path: Path) -> str:
-        """'' when ``path`` is a complete FITS file whose checksums match, else the problem."""
+        """'' when ``path`` is a complete FITS file whose checksums match, else the problem.
+
+        A verdict is remembered for the file version (size, mtime, ctime, inode: a rewrite,
+        a rename over it or a chmod makes it a new one); a failure of the system (permission
+        denied, an I/O error) is not remembered, so it is retried once the cause is fixed.
+        """
         try:
             stat = path.stat()
         except OSError as exc:
             return f"cannot be read ({exc.strerror})"
+        version = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
         if self._verified is None:
             try:
-                self._verified = json.loads(self.verified_path().read_text())
+                loaded = json.loads(self.verified_path().read_text())
             except (OSError, ValueError):
-                self._verified = {}
+                loaded = None
+            self._verified = loaded if isinstance(loaded, dict) else {}
         entry = self._verified.get(str(path))
-        if entry and [entry.get("size"), entry.get("mtime_ns")] == [
-            stat.st_size,
-            stat.st_mtime_ns,
-        ]:
-            return entry.get("problem", "")
+        if isinstance(entry, dict) and entry.get("version") == version:
+            return str(entry.get("problem", ""))
         try:
             check_complete(path)
             verify_checksums(path)
             problem = ""
         except InputError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, OSError) and cause.errno is not None:
+                return exc.problem  # the system's failure, not the file's: not remembered
             problem = exc.problem
-        self._verified[str(path)] = {
-            "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns,
-            "problem": problem,
-        }
+        self._verified[str(path)] = {"version": version, "problem": problem}
         try:
             with atomic_output(self.verified_path()) as tmp:
                 Path(tmp).write_text(json.dumps(self._verified, indent=1, sort_keys=True))
@@ -274,7 +277,10 @@ class Plans:
         npix, next_ = self._pixels(sel.used)
         per_ext = 16 + 8 * len(PREDECESSORS.get(mtype, ())) + (16 if mtype == "flat" else 0)
         band = self.cfg["stack"]["memory_mb"] or 384
-        return int((300 + band + per_ext * min(max(next_, 1), 2) * npix / 2**20) * attempt)
+        # each gathering thread widens float32 rows in a scratch band: half a frame's share
+        scratch = band * self.cfg["stack"]["threads"] / (2 * max(len(sel.used), 1))
+        fixed = 300 + band + min(scratch, band)
+        return int((fixed + per_ext * min(max(next_, 1), 2) * npix / 2**20) * attempt)
 
     def qa_mem_mb(self, date: str, attempt: int = 1) -> int:
         """Previews and statistics of one master: ~1.2 GB measured at 4080 x 4080 per CCD."""

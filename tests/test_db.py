@@ -598,6 +598,28 @@ def test_init_warns_about_or_revokes_create_for_everyone_in_the_schema(db, monke
             assert cur.fetchone()[0] == 0
 
 
+def test_init_says_so_when_the_revoke_changes_nothing(db, monkeypatch):
+    # Before PostgreSQL 15 schema public belongs to the bootstrap superuser: an administrator
+    # who owns the database but not the schema cannot revoke, and PostgreSQL only warns.
+    admin_user = f"dbadmin_{db.name}"
+    db.server.create_user(admin_user)
+    with contextlib.closing(connect()) as su, su, su.cursor() as cur:
+        cur.execute(f'ALTER ROLE "{admin_user}" CREATEROLE')
+        cur.execute(f'ALTER DATABASE "{db.name}" OWNER TO "{admin_user}"')
+        cur.execute("ALTER SCHEMA public OWNER TO CURRENT_USER")  # the superuser's, as in <= 14
+        cur.execute("GRANT CREATE ON SCHEMA public TO PUBLIC")
+    monkeypatch.setenv("KPFDBUSER", admin_user)
+    with contextlib.closing(connect()) as admin:
+        done = init_schema(admin, revoke_public_create=True)
+    (warning,) = [line for line in done if line.startswith("warning:")]
+    assert warning == (
+        "warning: REVOKE CREATE ON SCHEMA public FROM PUBLIC changed nothing "
+        f"({admin_user} neither owns schema public nor is a superuser); every role may still "
+        "CREATE there: run it as the schema's owner"
+    )
+    assert "revoked CREATE on schema public from PUBLIC" not in done
+
+
 # -- connection failures ------------------------------------------------------------------------
 
 

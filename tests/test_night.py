@@ -6,7 +6,7 @@ import os
 import numpy as np
 from astropy.io import fits
 
-from kpfmasters.night import scan_night
+from kpfmasters.night import raw_object_value, raw_string_card, scan_night
 
 DATE = "20230606"
 GEOM = {"prescan": 4, "serial_overscan": 50, "parallel_overscan": 30}
@@ -130,7 +130,35 @@ def test_objects_differing_only_in_non_ascii_bytes_read_apart(tmp_path):
         assert by[stamp].problem == ""
         assert by[stamp].note == (
             "non-ASCII bytes in a header (FITS headers are ASCII); OBJECT read byte for byte, "
-            "each such byte written \\xNN"
+            "each such byte written \\xNN (a backslash as \\\\)"
         )
     again, _ = scan_night(tmp_path, DATE, tmp_path / "index.json", GEOM)  # from the index
     assert [f.header for f in again] == [f.header for f in frames]
+
+
+def test_raw_object_reads_long_strings_and_escapes_backslashes(tmp_path):
+    # CONTINUE long strings (astropy writes them for values over 68 characters) are read
+    # whole: for ASCII values the result equals astropy's; a non-ASCII byte in a continuation
+    # card is found too; a backslash is doubled so the escaped form is unambiguous.
+    ascii_long = "autocal-" + "lamp setting with a long, long name " * 3 + "it's the end"
+    path = write_l0(tmp_path / "long.fits", OBJECT=ascii_long)
+    assert b"CONTINUE" in path.read_bytes()[:5760]
+    assert raw_string_card(path, "OBJECT").decode() == fits.getheader(path)["OBJECT"]
+    assert raw_object_value(path) is None  # ASCII: astropy's value is used as it is
+
+    placeholder = "X" * 90  # spans two cards; its tail lands in the CONTINUE card
+    path = write_l0(tmp_path / "tail.fits", OBJECT="autocal-" + placeholder)
+    data = bytearray(path.read_bytes())
+    tail = data.index(b"X", data.index(b"CONTINUE"))
+    data[tail : tail + 2] = "é".encode()
+    path.write_bytes(bytes(data))
+    value = raw_object_value(path)
+    assert value is not None and "\\xc3\\xa9" in value and value.startswith("autocal-XXX")
+    assert "&" not in value and len(value.replace("\\xc3\\xa9", "é")) == len("autocal-") + 89
+
+    path = write_l0(tmp_path / "slash.fits", OBJECT="a\\b-XX")
+    data = path.read_bytes()
+    path.write_bytes(data[:2880].replace(b"a\\b-XX", "a\\b-é".encode()) + data[2880:])
+    assert raw_object_value(path) == "a\\\\b-\\xc3\\xa9"
+    assert raw_string_card(path, "NOSUCHKEY") is None
+    assert raw_string_card(path, "EXPTIME") is None  # not a string value

@@ -39,7 +39,7 @@ from verifyfits import assert_verified, needs_fitsverify
 
 from kpfmasters import workflow_support
 from kpfmasters.config import load_config
-from kpfmasters.errors import NoPredecessorError
+from kpfmasters.errors import InputError, NoPredecessorError
 from kpfmasters.fitsutil import write_fits
 from kpfmasters.naming import master_name
 from kpfmasters.simulate import simulate_night
@@ -318,7 +318,7 @@ def test_object_values_give_safe_unique_file_names(broken, obj, cases):
 def test_non_ascii_header_bytes_are_noted_not_fatal(broken):
     note = (
         "non-ASCII bytes in a header (FITS headers are ASCII); OBJECT read byte for byte, "
-        "each such byte written \\xNN"
+        "each such byte written \\xNN (a backslash as \\\\)"
     )
     for case in ("non_ascii_1", "non_ascii_2"):
         assert f"  note {name(case)}: {note}" in selection_report(broken)
@@ -523,3 +523,37 @@ def test_unreadable_masters_on_disk_are_passed_over_as_predecessors(tmp_path, mo
     )
     assert plans.night_targets(FAR) == []
     assert ("error", f"master dark for {FAR} not made: {info.value}") in log.lines
+
+
+def test_a_failure_of_the_system_is_not_remembered_as_a_verdict(tmp_path, monkeypatch):
+    cfg = load_config(
+        overrides={
+            "date": FAR,
+            "l0_root": str(tmp_path / "L0"),
+            "work_root": str(tmp_path / "work"),
+            "masters_root": str(tmp_path / "masters"),
+            "order_mask": str(tmp_path / "mask.fits"),
+        }
+    )
+    good = tiny_master(tmp_path / "masters" / "20230804" / "kpf_20230804_master_bias.fits")
+    real = workflow_support.verify_checksums
+
+    def denied(path):
+        try:
+            raise PermissionError(13, "Permission denied", str(path))
+        except PermissionError as exc:
+            raise InputError(path, f"is not a readable FITS file ({exc})") from exc
+
+    monkeypatch.setattr(workflow_support, "verify_checksums", denied)
+    problem = Plans(cfg)._verified_problem(good)
+    assert problem.startswith("is not a readable FITS file ([Errno 13] Permission denied")
+    assert not Plans(cfg).verified_path().exists()  # nothing remembered
+    monkeypatch.setattr(workflow_support, "verify_checksums", real)
+    assert Plans(cfg)._verified_problem(good) == ""  # fixed: checked again, now good
+
+    Plans(cfg).verified_path().write_text("[]")  # valid JSON of the wrong shape
+    assert Plans(cfg)._verified_problem(good) == ""
+    os.chmod(good, 0o600)  # a new version (ctime): verified again, remembered again
+    assert Plans(cfg)._verified_problem(good) == ""
+    verdicts = json.loads(Plans(cfg).verified_path().read_text())
+    assert verdicts[str(good)]["version"][2] == good.stat().st_ctime_ns

@@ -191,7 +191,16 @@ def init_schema(
                 cur.execute(
                     sql.SQL("REVOKE CREATE ON SCHEMA {} FROM PUBLIC").format(sql.Identifier(schema))
                 )
-                done.append(f"revoked CREATE on schema {schema} from PUBLIC")
+                # PostgreSQL only warns when the caller may not revoke (not the schema's
+                # owner, nor a superuser): look again rather than trust the statement.
+                if _public_may_create(cur):
+                    done.append(
+                        f"warning: REVOKE CREATE ON SCHEMA {schema} FROM PUBLIC changed nothing "
+                        f"({conn.info.user} neither owns schema {schema} nor is a superuser); "
+                        f"every role may still CREATE there: run it as the schema's owner"
+                    )
+                else:
+                    done.append(f"revoked CREATE on schema {schema} from PUBLIC")
             elif schema:
                 done.append(
                     f"warning: every role may CREATE in schema {schema} (the default before "
