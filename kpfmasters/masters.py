@@ -113,9 +113,7 @@ def read_verified(path: str | Path, extname: str) -> np.ndarray | None:
                             f"HDU {(hdu.name, hdu.ver)})",
                         )
                 return np.array(hdu.data, dtype=np.float64, copy=True)
-    except AstropyUserWarning as exc:
-        raise InputError(path, f"is not a readable master ({exc})") from exc
-    except (OSError, ValueError, TypeError) as exc:
+    except (AstropyUserWarning, OSError, ValueError, TypeError) as exc:
         raise InputError(path, f"is not a readable master ({exc})") from exc
 
 

@@ -128,7 +128,7 @@ class Plans:
 
         Headers, sizes and every HDU's CHECKSUM/DATASUM are checked, so a damaged master is
         passed over for the next nearest instead of failing the job that would read it. The
-        verdict is remembered per file version (size, mtime) in :meth:`verified_path`, so a
+        verdict is remembered per file version (see :meth:`_verified_problem`), so a
         master is read once, not at every DAG build.
         """
         if cand.path not in self._unusable:
