@@ -268,35 +268,37 @@ def _fit_windows(x, y, ivar, xref, sigma_guess, iterations):
     chi2 = np.sum(ivar * (y - model) ** 2, axis=1)
     eye = np.eye(NPAR)
     step_mu = np.full(n, np.inf)
+    active = np.arange(n)
     for _ in range(iterations):
-        jw = jac * ivar[..., None]
-        jwt = jw.transpose(0, 2, 1)
-        h = jwt @ jac
-        g = (jwt @ (y - model)[..., None])[..., 0]
-        diag = np.einsum("nii->ni", h)
-        hd = h + (lam[:, None] * np.maximum(diag, 1e-300))[:, :, None] * eye
-        hd += eye * 1e-300
-        try:
-            dp = np.linalg.solve(hd, g[..., None])[..., 0]
-        except np.linalg.LinAlgError:
-            dp = np.zeros_like(p)
-            for i in range(n):
-                try:
-                    dp[i] = np.linalg.solve(hd[i], g[i])
-                except np.linalg.LinAlgError:
-                    dp[i] = 0.0
+        if not len(active):
+            break
+        a = active
+        ja, ia = jac[a], ivar[a]
+        jwt = (ja * ia[..., None]).transpose(0, 2, 1)
+        h = jwt @ ja
+        g = (jwt @ (y[a] - model[a])[..., None])[..., 0]
+        # Scaled to a unit diagonal: the damping then adds lam to every diagonal element.
+        d = np.sqrt(np.abs(np.einsum("nii->ni", h)))
+        ok = np.all(np.isfinite(h), axis=(1, 2)) & np.all(d > 0, axis=1)
+        d = np.where(ok[:, None], d, 1.0)
+        hn = np.where(ok[:, None, None], h / (d[:, :, None] * d[:, None, :]), eye)
+        hn = hn + (lam[a] + 1e-12)[:, None, None] * eye
+        gn = np.where(ok[:, None], g / d, 0.0)
+        dp = np.linalg.solve(hn, gn[..., None])[..., 0] / d
         dp = np.where(np.isfinite(dp), dp, 0.0)
-        trial = p + dp
+        trial = p[a] + dp
         trial[:, 2] = np.clip(trial[:, 2], 0.2, 10.0)
-        tmodel, tjac = _model_jacobian(x, trial, xref)
-        tchi2 = np.sum(ivar * (y - tmodel) ** 2, axis=1)
-        better = tchi2 <= chi2
-        p = np.where(better[:, None], trial, p)
-        model = np.where(better[:, None], tmodel, model)
-        jac = np.where(better[:, None, None], tjac, jac)
-        step_mu = np.where(better, np.abs(dp[:, 1]), step_mu)
-        chi2 = np.where(better, tchi2, chi2)
-        lam = np.where(better, np.maximum(lam / 10.0, 1e-7), np.minimum(lam * 10.0, 1e7))
+        tmodel, tjac = _model_jacobian(x[a], trial, xref[a])
+        tchi2 = np.sum(ia * (y[a] - tmodel) ** 2, axis=1)
+        better = tchi2 <= chi2[a]
+        p[a] = np.where(better[:, None], trial, p[a])
+        model[a] = np.where(better[:, None], tmodel, model[a])
+        jac[a] = np.where(better[:, None, None], tjac, ja)
+        step_mu[a] = np.where(better, np.abs(dp[:, 1]), step_mu[a])
+        chi2[a] = np.where(better, tchi2, chi2[a])
+        lam[a] = np.where(better, np.maximum(lam[a] / 10.0, 1e-7), np.minimum(lam[a] * 10.0, 1e7))
+        done = better & (np.abs(dp[:, 1]) < 1e-5) & (np.abs(dp[:, 2]) < 1e-5)
+        active = a[~done & (lam[a] < 1e7)]
     h = (jac * ivar[..., None]).transpose(0, 2, 1) @ jac
     cov = np.full((n, NPAR, NPAR), np.nan)
     finite = np.all(np.isfinite(h), axis=(1, 2))
@@ -305,10 +307,7 @@ def _fit_windows(x, y, ivar, xref, sigma_guess, iterations):
     d = np.where(finite[:, None] & (d > 0), d, 1.0)
     hn = np.where(finite[:, None, None], h, eye) / (d[:, :, None] * d[:, None, :])
     with np.errstate(all="ignore"):
-        try:
-            inv = np.linalg.inv(hn)
-        except np.linalg.LinAlgError:
-            inv = np.linalg.pinv(hn)
+        inv = np.linalg.inv(hn + 1e-13 * eye)
     inv_ok = finite & np.all(np.isfinite(inv), axis=(1, 2)) & (np.abs(inv).max(axis=(1, 2)) < 1e12)
     cov[inv_ok] = (inv / (d[:, :, None] * d[:, None, :]))[inv_ok]
     dof = np.sum(ivar > 0, axis=1) - NPAR

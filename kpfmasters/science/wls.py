@@ -51,6 +51,9 @@ class SolveSettings:
         (1.4826 MAD) of all normalised residuals are left out.
     clip_iterations : int
         Largest number of fit-and-clip rounds.
+    min_coverage : float
+        The used lines must span at least this fraction of the row's columns (beyond them
+        the series would be extrapolated); otherwise the prior is kept.
     """
 
     max_degree: int = 5
@@ -58,6 +61,7 @@ class SolveSettings:
     min_lines: int = 8
     clip_nsigma: float = 4.0
     clip_iterations: int = 5
+    min_coverage: float = 0.6
 
 
 @dataclass
@@ -342,6 +346,14 @@ def solve_row(
             prior_row.copy(), np.zeros(0), 0, np.zeros(n, bool), resid, np.nan, np.nan,
             STATUS_PRIOR,
             f"{int(used.sum())} lines left after clipping, fewer than {settings.min_lines}: "
+            "prior kept",
+        )  # fmt: skip
+    span = (x[used].max() - x[used].min()) / (ncol - 1)
+    if span < settings.min_coverage:
+        return RowSolution(
+            prior_row.copy(), np.zeros(0), 0, np.zeros(n, bool), resid, np.nan, np.nan,
+            STATUS_PRIOR,
+            f"lines span {span:.0%} of the columns, less than {settings.min_coverage:.0%}: "
             "prior kept",
         )  # fmt: skip
     err_ms = C_MS * lam_err / lam
