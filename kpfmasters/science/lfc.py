@@ -25,7 +25,7 @@ import numpy as np
 from numpy.polynomial import legendre
 
 from .linefit import LineFitSettings, fit_lines
-from .wls import C_AS, C_MS, SolveSettings, Solution, predict_columns, solve_rows
+from .wls import C_AS, C_MS, Solution, SolveSettings, predict_columns, solve_rows
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ Every line gets a bit mask of the reasons it was rejected (0: a good line), see 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,7 +66,7 @@ class LineFitSettings:
     max_chi2red : float
         Largest accepted reduced chi-square of a line's fit.
     saturation : float or None
-        A pixel above this level (FLUX unit) makes its line rejected; None: no check.
+        A pixel at or above this level (FLUX unit) makes its line rejected; None: no check.
     iterations : int
         Gauss-Newton iterations.
     passes : int
@@ -200,7 +201,8 @@ def _initial(x, y, ivar, xref, sigma_guess):
     n = len(xref)
     ends = np.sort(big, axis=1)[:, : max(1, x.shape[1] // 4)]
     ends = np.where(np.isfinite(ends), ends, np.nan)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows: no data
         b0 = np.nanmedian(ends, axis=1) if ends.size else np.zeros(n)
     b0 = np.where(np.isfinite(b0), b0, 0.0)
     sig = y - b0[:, None]
@@ -401,7 +403,7 @@ def fit_lines(
         return LineFits(e, e, e, e, e, e, e, e, np.zeros(0, dtype=np.int32))
     x, y, ivar, flags = gather_windows(flux, var, rows, x_pred, half)
     if s.saturation is not None:
-        sat = np.any((y > s.saturation) & (ivar > 0), axis=1)
+        sat = np.any((y >= s.saturation) & (ivar > 0), axis=1)
         flags[sat] |= FLAG_SATURATED
     if blend is not None:
         flags[np.asarray(blend, dtype=bool)] |= FLAG_BLEND

@@ -344,10 +344,8 @@ def centre_error_limit(
     def model(q):
         return _pixel_gaussian(cols, q[:, 0:1], q[:, 1:2], q[:, 2:3]) + q[:, 3:4] + q[:, 4:5] * dx
 
-    steps = np.stack(
-        [flux * 1e-4, np.full_like(x, 1e-4), sigma * 1e-4, np.full_like(x, 1e-3), np.full_like(x, 1e-4)],
-        axis=1,
-    )  # fmt: skip
+    one = np.ones_like(x)
+    steps = np.stack([flux * 1e-4, one * 1e-4, sigma * 1e-4, one * 1e-3, one * 1e-4], axis=1)
     jac = np.empty(cols.shape + (5,))
     for k in range(5):
         up, dn = p.copy(), p.copy()
