@@ -8,9 +8,9 @@ A line centred at ``mu`` (column, 0-based, pixel centres at integers) with total
     amp * (Phi((x + 0.5 - mu) / sigma) - Phi((x - 0.5 - mu) / sigma)) + b0 + b1 * (x - xref)
 
 where ``Phi`` is the standard normal distribution function and ``xref`` the line's
-predicted column (fixed, for conditioning). All lines are fitted together by a damped
-Gauss-Newton (Levenberg-Marquardt) iteration on arrays of shape (lines, window pixels), so a
-night's 1e5 lines take about a second.
+predicted column (fixed, for conditioning). Every line gets its own damped Gauss-Newton
+(Levenberg-Marquardt) fit in a compiled kernel (``linefit_kernel``), the lines spread over
+the threads, from windows cut out of the spectra as arrays of shape (lines, window pixels).
 
 Every line gets a bit mask of the reasons it was rejected (0: a good line), see ``FLAG_*``.
 """
@@ -48,7 +48,6 @@ FLAG_NAMES = {
 
 NPAR = 5  # amp, mu, sigma, b0, b1
 NEIGHBOUR_REACH = 10  # pixels either side of a line rendered when removing it from others
-_SQRT2PI = np.sqrt(2.0 * np.pi)
 
 
 @dataclass
@@ -80,7 +79,7 @@ class LineFitSettings:
     min_snr: float = 10.0
     max_chi2red: float = 10.0
     saturation: float | None = None
-    iterations: int = 12
+    iterations: int = 30
     passes: int = 2
 
 
@@ -175,25 +174,6 @@ def gather_windows(
     return cols.astype(float), y, ivar, flags
 
 
-def _model_jacobian(x, p, xref):
-    """Model (n, w) and Jacobian (n, w, 5) of the line + background for parameters p (n, 5)."""
-    amp, mu, sig = p[:, 0:1], p[:, 1:2], p[:, 2:3]
-    u1 = (x + 0.5 - mu) / sig
-    u0 = (x - 0.5 - mu) / sig
-    g = ndtr(u1) - ndtr(u0)
-    e1 = np.exp(-0.5 * u1 * u1) / _SQRT2PI
-    e0 = np.exp(-0.5 * u0 * u0) / _SQRT2PI
-    dx = x - xref[:, None]
-    model = amp * g + p[:, 3:4] + p[:, 4:5] * dx
-    jac = np.empty(x.shape + (NPAR,))
-    jac[..., 0] = g
-    jac[..., 1] = -amp * (e1 - e0) / sig
-    jac[..., 2] = -amp * (u1 * e1 - u0 * e0) / sig
-    jac[..., 3] = 1.0
-    jac[..., 4] = dx
-    return model, jac
-
-
 def _initial(x, y, ivar, xref, sigma_guess):
     """Starting parameters: background from the window's ends, centre from the peak pixel."""
     w = ivar > 0
@@ -263,57 +243,22 @@ def fit_windows(
 
 
 def _fit_windows(x, y, ivar, xref, sigma_guess, iterations):
+    from .linefit_kernel import fit_kernel
+
     n = len(xref)
     p = _initial(x, y, ivar, xref, sigma_guess)
-    lam = np.full(n, 1e-3)
-    model, jac = _model_jacobian(x, p, xref)
-    chi2 = np.sum(ivar * (y - model) ** 2, axis=1)
-    eye = np.eye(NPAR)
-    step_mu = np.full(n, np.inf)
-    active = np.arange(n)
-    for _ in range(iterations):
-        if not len(active):
-            break
-        a = active
-        ja, ia = jac[a], ivar[a]
-        jwt = (ja * ia[..., None]).transpose(0, 2, 1)
-        h = jwt @ ja
-        g = (jwt @ (y[a] - model[a])[..., None])[..., 0]
-        # Scaled to a unit diagonal: the damping then adds lam to every diagonal element.
-        d = np.sqrt(np.abs(np.einsum("nii->ni", h)))
-        ok = np.all(np.isfinite(h), axis=(1, 2)) & np.all(d > 0, axis=1)
-        d = np.where(ok[:, None], d, 1.0)
-        hn = np.where(ok[:, None, None], h / (d[:, :, None] * d[:, None, :]), eye)
-        hn = hn + (lam[a] + 1e-12)[:, None, None] * eye
-        gn = np.where(ok[:, None], g / d, 0.0)
-        dp = np.linalg.solve(hn, gn[..., None])[..., 0] / d
-        dp = np.where(np.isfinite(dp), dp, 0.0)
-        trial = p[a] + dp
-        trial[:, 2] = np.clip(trial[:, 2], 0.2, 10.0)
-        tmodel, tjac = _model_jacobian(x[a], trial, xref[a])
-        tchi2 = np.sum(ia * (y[a] - tmodel) ** 2, axis=1)
-        better = tchi2 <= chi2[a]
-        p[a] = np.where(better[:, None], trial, p[a])
-        model[a] = np.where(better[:, None], tmodel, model[a])
-        jac[a] = np.where(better[:, None, None], tjac, ja)
-        step_mu[a] = np.where(better, np.abs(dp[:, 1]), step_mu[a])
-        chi2[a] = np.where(better, tchi2, chi2[a])
-        lam[a] = np.where(better, np.maximum(lam[a] / 10.0, 1e-7), np.minimum(lam[a] * 10.0, 1e7))
-        done = better & (np.abs(dp[:, 1]) < 1e-5) & (np.abs(dp[:, 2]) < 1e-5)
-        active = a[~done & (lam[a] < 1e7)]
-    h = (jac * ivar[..., None]).transpose(0, 2, 1) @ jac
-    cov = np.full((n, NPAR, NPAR), np.nan)
-    finite = np.all(np.isfinite(h), axis=(1, 2))
-    # Scale to unit diagonal before inverting: a singular matrix shows as a huge inverse.
-    d = np.sqrt(np.abs(np.einsum("nii->ni", h)))
-    d = np.where(finite[:, None] & (d > 0), d, 1.0)
-    hn = np.where(finite[:, None, None], h, eye) / (d[:, :, None] * d[:, None, :])
-    with np.errstate(all="ignore"):
-        inv = np.linalg.inv(hn + 1e-13 * eye)
-    inv_ok = finite & np.all(np.isfinite(inv), axis=(1, 2)) & (np.abs(inv).max(axis=(1, 2)) < 1e12)
-    cov[inv_ok] = (inv / (d[:, :, None] * d[:, None, :]))[inv_ok]
+    cov = np.empty((n, NPAR, NPAR))
+    chi2 = np.empty(n)
+    steps = np.empty(n)
+    x0 = np.ascontiguousarray(x[:, 0]).astype(np.float64) if n else np.zeros(0)
+    width = np.full(n, x.shape[1], dtype=np.int64)
+    fit_kernel(
+        x0, width, np.ascontiguousarray(y, dtype=np.float64),
+        np.ascontiguousarray(ivar, dtype=np.float64), np.asarray(xref, dtype=np.float64),
+        p, int(iterations), cov, chi2, steps,
+    )  # fmt: skip
     dof = np.sum(ivar > 0, axis=1) - NPAR
-    converged = inv_ok & (step_mu < 1e-3) & (dof > 0)
+    converged = np.all(np.isfinite(cov), axis=(1, 2)) & (steps < 1e-3) & (dof > 0)
     return p, cov, chi2, dof, converged
 
 
