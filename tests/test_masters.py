@@ -11,9 +11,9 @@ import pytest
 from astropy.io import fits
 
 from kpfmasters import __version__
-from kpfmasters.flat import normalize_flat
-from kpfmasters.masters import MasterJob, build_master
-from kpfmasters.simulate import simulate_night
+from kpfmasters.science.flat import normalize_flat
+from kpfmasters.science.master import MasterJob, build_master
+from kpfmasters.sim.simulate import simulate_night
 
 from smk import Night, snakemake
 
@@ -230,7 +230,7 @@ def subset_job(night, n, out):
         for f in frames
     ]
     paths = [str(night.work_root / "2D" / DATE / r["FILENAME"]) for r in rows]
-    from kpfmasters.config import load_config
+    from kpfmasters.core.config import load_config
 
     settings = load_config(overrides={"date": DATE})["masters"]["bias"]
     return MasterJob("bias", DATE, str(out), paths, rows, settings)
