@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from numpy.polynomial import legendre
 
-from ..errors import InputError
+from ..core.errors import InputError
 from .linefit import FLAG_BLEND, LineFits, LineFitSettings, fit_lines
 
 log = logging.getLogger(__name__)

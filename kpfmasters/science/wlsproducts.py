@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.io import fits
 
-from ..errors import InputError
+from ..core.errors import InputError
 from . import drift, lfc, wls
 
 CHIPS = ("GREEN", "RED")
