@@ -1,0 +1,1 @@
+"""Science on arrays: stacking, masters, order traces, extraction and L1 spectra."""
