@@ -58,8 +58,8 @@ def generate(out: Path) -> Path:
     """The cached master flat and order mask (written once)."""
     from astropy.io import fits
 
-    from kpfmasters.fitsutil import write_fits
-    from kpfmasters.simtruth import make_ccd_truth
+    from kpfmasters.io.fits import write_fits
+    from kpfmasters.sim.truth import make_ccd_truth
 
     flat = out / "kpf_20230606_master_flat.fits"
     if flat.is_file() and (out / "order_mask.fits").is_file():

@@ -11,9 +11,9 @@ import yaml
 from astropy.io import fits
 from astropy.time import Time
 
-from kpfmasters import workflow_support
-from kpfmasters.config import load_config
-from kpfmasters.simulate import simulate_night
+from kpfmasters.core.config import load_config
+from kpfmasters.plan import plans as workflow_support
+from kpfmasters.sim.simulate import simulate_night
 
 from smk import REPO, Night, dry_run_outputs, snakemake
 
@@ -174,7 +174,8 @@ def test_missing_predecessors_use_the_nearest_master(built, tmp_path):
         with fits.open(night.masters_root / later / name) as hdul:
             assert hdul[0].header["TRACFGRN"] == f"kpf_{DATE}_master_flat_GREEN_CCD.csv"
             assert hdul[0].header["TRACFRED"] == f"kpf_{DATE}_master_flat_RED_CCD.csv"
-            roles = dict(zip(hdul["INPUTS"].data["ROLE"], hdul["INPUTS"].data["FILENAME"]))
+            table = hdul["INPUTS"].data
+            roles = dict(zip(table["ROLE"], table["FILENAME"], strict=True))
             assert roles["trace_GREEN_CCD"] == f"kpf_{DATE}_master_flat_GREEN_CCD.csv"
     text = proc.stdout + proc.stderr
     assert f"master dark for {later} not made: 0 frame(s) matched" in text

@@ -11,9 +11,9 @@ from astropy.io import fits
 
 from kpfmasters.science.extract import aperture_weights, box_extract
 from kpfmasters.science.l1 import L1_ORDERLETS, L1Job, build_l1, ext_name, l1_extension_names
+from kpfmasters.science.stack import stack_cube
 from kpfmasters.science.traces import ORDERLETS, read_traces
-from kpfmasters.simulate import expected_2d, simulate_night
-from kpfmasters.stack import stack_cube
+from kpfmasters.sim.simulate import expected_2d, simulate_night
 
 from smk import Night, snakemake
 

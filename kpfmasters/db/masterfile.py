@@ -20,14 +20,15 @@ from pathlib import Path
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
-from ..errors import InputError
-from ..naming import MASTER_NAME_RE, TRACE_NAME_RE, object_tag
-from .errors import NightError
+from kpfmasters.core.errors import InputError
+from kpfmasters.core.instrument import CCD_BIT
+from kpfmasters.core.naming import MASTER_NAME_RE, TRACE_NAME_RE, object_tag
+from kpfmasters.core.products import product
+from kpfmasters.db.errors import NightError
 
 log = logging.getLogger(__name__)
 
-CONTENT_BITS = {"GREEN_CCD": 1, "RED_CCD": 2, "CA_HK": 4}
-IMTYPES = {"bias": "Bias", "dark": "Dark", "flat": "Flat", "arclamp": "Arclamp"}
+CONTENT_BITS = {ext: 1 << bit for ext, bit in CCD_BIT.items()}
 LEVEL_2D = 0
 LEVEL_L1 = 1
 TRACE_CALTYPE = "ordertrace"
@@ -141,10 +142,11 @@ def read_master(path: str | Path) -> MasterInfo:
     headers = _open_headers(path)
     primary = headers[0]
     imtype = str(primary.get("IMTYPE", ""))
-    if imtype.lower() != IMTYPES[caltype].lower():
-        raise InputError(path, f"PRIMARY IMTYPE = {imtype!r}, expected {IMTYPES[caltype]!r}")
+    expected = product(caltype).imtype
+    if imtype.lower() != expected.lower():
+        raise InputError(path, f"PRIMARY IMTYPE = {imtype!r}, expected {expected!r}")
     raw_object = _keyword(path, primary, "OBJECT", str)
-    if caltype == "arclamp" and object_tag(raw_object) != match.group("tag"):
+    if product(caltype).per_object and object_tag(raw_object) != match.group("tag"):
         raise InputError(
             path,
             f"PRIMARY OBJECT = {raw_object!r} belongs in a file named "
@@ -209,8 +211,9 @@ def read_l1(path: str | Path) -> MasterInfo:
     headers = _open_headers(path)
     primary = headers[0]
     imtype = str(primary.get("IMTYPE", ""))
-    if imtype.lower() != IMTYPES[caltype].lower():
-        raise InputError(path, f"PRIMARY IMTYPE = {imtype!r}, expected {IMTYPES[caltype]!r}")
+    expected = product(caltype).imtype
+    if imtype.lower() != expected.lower():
+        raise InputError(path, f"PRIMARY IMTYPE = {imtype!r}, expected {expected!r}")
     raw_object = _keyword(path, primary, "OBJECT", str)
     contentbits = 0
     for header in headers[1:]:
@@ -242,7 +245,7 @@ def read_trace_file(path: str | Path, flat: MasterInfo | None) -> MasterInfo:
     """``calfiles`` fields of a trace CSV: level 0, caltype ``ordertrace``, object the CCD
     (lowercase); frames and MJD range of the master flat it was traced on (``flat``, the
     night's; :class:`InputError` when the night has none)."""
-    from ..science.traces import read_traces
+    from kpfmasters.science.traces import read_traces
 
     path = Path(os.path.abspath(path))
     match = TRACE_NAME_RE.match(path.name)

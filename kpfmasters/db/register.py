@@ -21,10 +21,10 @@ from pathlib import Path
 import psycopg2
 import psycopg2.extras
 
-from .. import __version__
-from ..errors import InputError
-from .errors import DatabaseError
-from .masterfile import (
+from kpfmasters import __version__
+from kpfmasters.core.errors import InputError
+from kpfmasters.db.errors import DatabaseError
+from kpfmasters.db.masterfile import (
     LEVEL_2D,
     LEVEL_L1,
     MasterInfo,
@@ -36,8 +36,8 @@ from .masterfile import (
     read_master,
     read_trace_file,
 )
-from .schema import check_schema
-from .transaction import transaction
+from kpfmasters.db.schema import check_schema
+from kpfmasters.db.transaction import transaction
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .traces import ORDERLETS, TraceSet, evaluate
+from kpfmasters.science.traces import ORDERLETS, TraceSet, evaluate
 
 CHUNK_TRACES = 8
 

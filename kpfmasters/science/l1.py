@@ -26,10 +26,10 @@ import numpy as np
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
-from .. import __version__
-from ..errors import InputError
-from .extract import box_extract, to_orders
-from .traces import ORDERLETS, TraceSet, read_traces
+from kpfmasters import __version__
+from kpfmasters.core.errors import InputError
+from kpfmasters.science.extract import box_extract, to_orders
+from kpfmasters.science.traces import ORDERLETS, TraceSet, read_traces
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ def _open_master(path: Path) -> fits.HDUList:
 
 def build_l1(job: L1Job) -> dict:
     """Make the L1 file of ``job``; return a summary (orders per CHIP, NaN fractions)."""
-    from ..fitsutil import write_fits
+    from kpfmasters.io.fits import write_fits
 
     if job.method != "box":
         raise ValueError(f"extraction method {job.method!r} is not available; use 'box'")

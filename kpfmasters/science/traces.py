@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..errors import InputError
+from kpfmasters.core.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +362,7 @@ def csv_text(traces: TraceSet) -> str:
 
 def write_traces(traces: TraceSet, path: str | Path) -> Path:
     """Write the trace CSV atomically (temporary name, then rename)."""
-    from ..fitsutil import atomic_output
+    from kpfmasters.io.fits import atomic_output
 
     with atomic_output(path) as tmp:
         Path(tmp).write_text(csv_text(traces))
@@ -432,7 +432,7 @@ def build_traces(flat: str | Path, order_mask: str | Path, outputs: dict[str, st
 
     from astropy.io import fits
 
-    from ..flat import load_order_mask
+    from kpfmasters.science.flat import load_order_mask
 
     flat = Path(flat)
     summary = {}

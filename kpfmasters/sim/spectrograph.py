@@ -4,7 +4,7 @@ Two geometries:
 
 - ``compact`` (any size; the small and medium test nights): the simulator's own traces,
   orderlets 6 px apart with a Gaussian cross-profile of sigma 1 px
-  (:func:`kpfmasters.simtruth.trace_centres`);
+  (:func:`kpfmasters.sim.truth.trace_centres`);
 - ``kpf`` (4080 x 4080 only): KPF's measured traces (``kpfmasters/data/
   kpf_order_trace_<CCD>.csv``, from kpf-next): 35 GREEN orders of five orderlets, 32 RED
   orders whose bottom one has no SKY; flat-topped slit images (half-height from the file's
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import ndtr
 
-from ..science.traces import ORDERLETS, TraceSet, csv_text, read_traces
+from kpfmasters.science.traces import ORDERLETS, TraceSet, csv_text, read_traces
 
 C_KMS = 299792.458
 M_LAMBDA = 6.140e5  # Angstrom: m * lambda at the centre of an order
@@ -276,7 +276,7 @@ def kpf_light(spec: Spectrograph, objects: list[str], seed: int, rng: np.random.
     geometry, as the compact geometry makes them (blaze, colour, throughput; arc lines along
     x with sigma 1.1 px; peaks ``LAMP_PEAK``/``ARC_PEAK``; smooth scattered light). Fills
     ``spec.lamp`` and ``spec.arcs`` with each trace's light per column."""
-    from .. import simtruth as st
+    from kpfmasters.sim import truth as st
 
     size = spec.size
     amplitude = blaze_amplitude(spec, rng, st.ORDERLET_THROUGHPUT)
@@ -318,7 +318,7 @@ def kpf_light(spec: Spectrograph, objects: list[str], seed: int, rng: np.random.
 def save_spectrograph(spec: Spectrograph, directory: Path) -> dict:
     """Write the arrays as ``<CCD>.<name>.npy`` and the true traces as
     ``order_trace_<CCD>.csv`` under ``directory``; return the JSON record."""
-    from ..naming import object_tag
+    from kpfmasters.core.naming import object_tag
 
     stem = spec.name
     arrays = {"trace_centres": spec.centres, "wave": spec.wave, "lamp_spectrum": spec.lamp}
@@ -349,7 +349,7 @@ def save_spectrograph(spec: Spectrograph, directory: Path) -> dict:
 
 def load_spectrograph(name: str, record: dict, directory: Path, mmap: bool = True):
     """Inverse of :func:`save_spectrograph`."""
-    from ..naming import object_tag
+    from kpfmasters.core.naming import object_tag
 
     mode = "r" if mmap else None
     files = record["files"]
@@ -380,8 +380,8 @@ def reference_hdulist(specs: dict[str, Spectrograph], seed: int):
     CHIP: the truth perturbed as :func:`reference_wave` says (NaN rows without a trace)."""
     from astropy.io import fits
 
-    from ..science.l1 import L1_ORDERLETS, ext_name
-    from ..simtruth import rng_for
+    from kpfmasters.science.l1 import L1_ORDERLETS, ext_name
+    from kpfmasters.sim.truth import rng_for
 
     primary = fits.PrimaryHDU()
     primary.header["ORIGIN"] = ("kpfmasters simulate", "simulated data")

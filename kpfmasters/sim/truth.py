@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import ndtr
 
-from .naming import object_tag
+from kpfmasters.core.naming import object_tag
 
 CCD_NAMES = ("GREEN_CCD", "RED_CCD")
 CAHK = "CA_HK"
@@ -361,7 +361,7 @@ def make_ccd_truth(
     ``geometry`` ``compact`` (the simulator's own traces, any size) or ``kpf`` (KPF's
     measured traces, 4080 x 4080): see :mod:`kpfmasters.sim.spectrograph`.
     """
-    from .sim import spectrograph as sg
+    from kpfmasters.sim import spectrograph as sg
 
     ccd = CCD_NAMES.index(name)
     rng = rng_for(seed, 1, ccd)
@@ -475,7 +475,7 @@ def save_ccd_truth(truth: CCDTruth, directory: Path) -> dict:
         "files": files,
     }
     if truth.spectrograph is not None:
-        from .sim.spectrograph import save_spectrograph
+        from kpfmasters.sim.spectrograph import save_spectrograph
 
         record["spectrograph"] = save_spectrograph(truth.spectrograph, directory)
     return record
@@ -492,7 +492,7 @@ def load_ccd_truth(record: dict, directory: Path, mmap: bool = True) -> CCDTruth
     arcs = {obj: get(f"arc:{obj}") for obj in record["arc_objects"]}
     spectrograph = None
     if "spectrograph" in record:
-        from .sim.spectrograph import load_spectrograph
+        from kpfmasters.sim.spectrograph import load_spectrograph
 
         spectrograph = load_spectrograph(record["name"], record["spectrograph"], directory, mmap)
     return CCDTruth(

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from .logs import script_logging
-from .masters import MasterJob, build_master
-
-PREDECESSOR_INPUTS = ("bias", "dark", "flat")
+from kpfmasters.core.logs import script_logging
+from kpfmasters.core.products import used_as_predecessor
+from kpfmasters.science.master import MasterJob, build_master
 
 
 def master_job_from_snakemake(smk, mtype: str) -> MasterJob:
     """A :class:`MasterJob` from a rule's input/output/params (see rules/<mtype>.smk)."""
     params = smk.params.master
-    predecessors = {k: str(smk.input[k]) for k in PREDECESSOR_INPUTS if k in smk.input.keys()}
+    predecessors = {k: str(smk.input[k]) for k in used_as_predecessor() if k in smk.input.keys()}
     return MasterJob(
         mtype=mtype,
         date=smk.wildcards.date,
@@ -22,7 +21,8 @@ def master_job_from_snakemake(smk, mtype: str) -> MasterJob:
         obj=params["obj"],
         predecessors=predecessors,
         order_mask=str(smk.input.order_mask) if "order_mask" in smk.input.keys() else None,
-        stack=dict(smk.config.get("stack", {})),
+        previous=str(smk.input.previous[0]) if smk.input.get("previous") else None,
+        stack={"memory_mb": smk.resources.band_mb, "band_rows": smk.resources.band_rows},
         threads=int(smk.threads),
         flag_fraction=float(params["flag_fraction"]),
         cfghash=params["cfghash"],
@@ -50,7 +50,7 @@ def run_master(smk, mtype: str) -> dict:
 
 def run_traces(smk) -> dict:
     """Trace files of a master flat inside a Snakemake job (rule order_traces)."""
-    from .science.traces import build_traces
+    from kpfmasters.science.traces import build_traces
 
     with script_logging(smk.log[0]) as log:
         outputs = {"GREEN_CCD": str(smk.output.green), "RED_CCD": str(smk.output.red)}
@@ -65,8 +65,8 @@ def run_l1(smk) -> dict:
     """The L1 file of one master inside a Snakemake job (rule l1_master)."""
     from pathlib import Path
 
-    from .naming import TRACE_CCDS
-    from .science.l1 import L1Job, build_l1
+    from kpfmasters.core.naming import TRACE_CCDS
+    from kpfmasters.science.l1 import L1Job, build_l1
 
     with script_logging(smk.log[0]) as log:
         traces = {}

@@ -1,6 +1,6 @@
 """What the Snakemake rules ask of a night: targets, inputs, parameters and resources.
 
-:class:`Plans` holds one :class:`~kpfmasters.selection.NightPlan` per night (headers scanned
+:class:`Plans` holds one :class:`~kpfmasters.plan.selection.NightPlan` per night (headers scanned
 once, through the night's index file) and answers the input functions of ``rules/*.smk``.
 It is plain Python so the workflow's decisions are tested without Snakemake.
 """
@@ -11,15 +11,17 @@ import json
 import math
 from pathlib import Path
 
-from . import __version__
-from .config import config_hash
-from .errors import InputError, KPFMastersError, NoPredecessorError
-from .fitsutil import atomic_output, check_complete, verify_checksums
-from .naming import TRACE_CCDS, l1_name, master_name, trace_name, two_d_name
-from .night import scan_night
-from .predecessors import Candidate, masters_on_disk, nearest
-from .rejects import apply_rejections, rejects_dir
-from .selection import NightPlan, Selection, plan_night
+from kpfmasters import __version__
+from kpfmasters.core.config import config_hash
+from kpfmasters.core.errors import InputError, KPFMastersError, NoPredecessorError
+from kpfmasters.core.naming import TRACE_CCDS, l1_name, master_name, trace_name, two_d_name
+from kpfmasters.core.products import product
+from kpfmasters.io.fits import atomic_output, check_complete, verify_checksums
+from kpfmasters.plan.night import scan_night
+from kpfmasters.plan.predecessors import Candidate, masters_on_disk, nearest
+from kpfmasters.plan.previous import previous_master
+from kpfmasters.plan.rejects import apply_rejections, rejects_dir
+from kpfmasters.plan.selection import NightPlan, Selection, plan_night
 
 
 def canonical(value):
@@ -31,13 +33,10 @@ def canonical(value):
     return json.loads(json.dumps(value, sort_keys=True))
 
 
-PREDECESSORS = {"dark": ("bias",), "flat": ("bias", "dark"), "arclamp": ("bias", "dark", "flat")}
-
-
 class Plans:
     """Per-night selection plans and the answers the rules need from them.
 
-    ``cfg`` is a normalised configuration (:func:`kpfmasters.config.normalize_config`);
+    ``cfg`` is a normalised configuration (:func:`kpfmasters.core.config.normalize_config`);
     ``log`` has ``info``/``warning``/``error`` (Snakemake's logger in the workflow).
     Selection lines are logged once per night, in the main process only.
     """
@@ -123,6 +122,22 @@ class Plans:
                     candidates[night] = Candidate(night, path, pending=True)
         found = nearest(date, mtype, list(candidates.values()), max_age, self._disk_problem)
         return str(found.path)
+
+    def previous_master(self, date: str, mtype: str, tag: str | None = None) -> list[str]:
+        """The master a new master's QC compares with (:mod:`kpfmasters.plan.previous`):
+        ``[path]`` of the nearest earlier night's master of the same kind, on disk and
+        readable or made by this run, else ``[]``. Declared as the job's input."""
+        output = self.master_path(date, mtype, tag)
+        pending = {}
+        for night in self.cfg["nights"]:
+            if night < date:
+                sel = self.plan(night).get(mtype, tag if mtype == "arclamp" else None)
+                if sel is not None and sel.buildable and not self.blocked(mtype):
+                    pending[night] = Path(self.master_path(night, mtype, tag))
+        found = previous_master(
+            output, date, pending, lambda p: self._disk_problem(Candidate(p.parent.name, p))
+        )
+        return [str(found)] if found else []
 
     def _disk_problem(self, cand: Candidate) -> str:
         """Why a master on disk cannot be a predecessor ('' if it can); logged once.
@@ -309,7 +324,7 @@ class Plans:
                     )
                 continue
             try:
-                for needed in PREDECESSORS.get(sel.mtype, ()):
+                for needed in product(sel.mtype).predecessors:
                     self.predecessor(date, needed)
             except NoPredecessorError as exc:
                 if report and self.log:
@@ -358,8 +373,9 @@ class Plans:
         2.03, 1.78 GiB."""
         sel = self.selection(date, mtype, tag)
         npix, next_ = self._pixels(sel.used)
-        per_ext = 16 + 8 * len(PREDECESSORS.get(mtype, ())) + (16 if mtype == "flat" else 0)
-        band = self.cfg["stack"]["memory_mb"] or 384
+        kind = product(mtype)
+        per_ext = 16 + 8 * len(kind.predecessors) + 8 * len(kind.extra_images)
+        band = self.cfg["stack"]["memory_mb"]
         # each gathering thread widens float32 rows in a scratch band: half a frame's share
         scratch = band * self.cfg["stack"]["threads"] / (2 * max(len(sel.used), 1))
         fixed = 300 + band + min(scratch, band)
@@ -390,7 +406,7 @@ class Plans:
 
 def database_lookup(date: str, mtype: str, max_age_days: int | None) -> Path:
     """Nearest registered master of ``mtype`` for ``date`` from the calibration database."""
-    from .db import connect, nearest_master
+    from kpfmasters.db import connect, nearest_master
 
     conn = connect()
     try:

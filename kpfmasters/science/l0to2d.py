@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from .errors import ConfigError, InputError
-from .fitsutil import write_fits
-from .l0read import CCDS, amp_data, amp_gain, find_amps, image_data, open_l0
+from kpfmasters.core.errors import ConfigError, InputError
+from kpfmasters.io.fits import write_fits
+from kpfmasters.science.l0read import CCDS, amp_data, amp_gain, find_amps, image_data, open_l0
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,11 @@ class AmpGeometry:
     clip k of the overscan level.
     """
 
-    prescan: int = 4
-    serial_overscan: int = 50
-    parallel_overscan: int = 30
-    edge_skip: int = 5
-    nsigma: float = 2.1
+    prescan: int
+    serial_overscan: int
+    parallel_overscan: int
+    edge_skip: int
+    nsigma: float
 
     def __post_init__(self):
         for name in ("prescan", "serial_overscan", "parallel_overscan", "edge_skip"):
@@ -342,7 +342,7 @@ def build_2d(
 ) -> tuple[fits.HDUList, dict]:
     """The 2D HDUList of an open L0 file (SPEC section 2, steps 1-4), in memory, and a report.
 
-    ``hdul`` comes from :func:`~kpfmasters.l0read.open_l0` (it must stay open while the
+    ``hdul`` comes from :func:`~kpfmasters.science.l0read.open_l0` (it must stay open while the
     result is used: the CA_HK copy may be memory-mapped). The list holds PRIMARY (the L0
     primary header plus GRNAMPS/REDAMPS, 0 for an absent CCD), ``GREEN_CCD``/``RED_CCD``
     (float32 electrons) for the CCDs that have amplifiers, ``CA_HK`` as is when present.

@@ -21,8 +21,8 @@ from pathlib import Path
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
-from .fitsutil import atomic_output
-from .naming import parse_l0_name
+from kpfmasters.core.naming import parse_l0_name
+from kpfmasters.io.fits import atomic_output
 
 log = logging.getLogger(__name__)
 
