@@ -18,6 +18,8 @@ include: "rules/bias.smk"
 include: "rules/dark.smk"
 include: "rules/flat.smk"
 include: "rules/arclamp.smk"
+include: "rules/traces.smk"
+include: "rules/l1.smk"
 include: "rules/night.smk"
 include: "rules/qa.smk"
 

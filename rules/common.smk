@@ -49,7 +49,7 @@ PLANS = ws.Plans(
 wildcard_constraints:
     date="|".join(NIGHTS),
     stem=r"KP\.\d{8}\.\d{5}\.\d{2}",
-    tag=r"[A-Za-z0-9._+-]+",
+    tag=r"(?!.*_L[12]$)[A-Za-z0-9._+-]+",
 
 
 def all_targets():
@@ -118,6 +118,11 @@ def night_masters(wildcards):
     return PLANS.night_targets(wildcards.date)
 
 
+def night_products(wildcards):
+    """Everything the night's registration records: masters, trace files and L1 files."""
+    return PLANS.night_products(wildcards.date)
+
+
 # -- quality assessment (rules/qa.smk) -------------------------------------------------------
 # Parameters in canonical key order: another configuration file must not look like a change.
 QA_CFG = ws.canonical(CFG.get("qa") or {})
@@ -159,3 +164,21 @@ def qa_mem_mb(wildcards, attempt):
 def rejects_dir_of(wildcards, output):
     """Where a failed L0 -> 2D conversion is recorded: <work_root>/rejects/<date>/."""
     return ws.rejects_dir_for(output[0], wildcards.date)
+
+
+# -- order traces and L1 (rules/traces.smk, rules/l1.smk) -------------------------------------
+def l1_traces(wildcards):
+    """Input function: the trace files (GREEN, RED) a night's L1 products use."""
+    return list(PLANS.trace_files(wildcards.date).values())
+
+
+def l1_params(wildcards):
+    return PLANS.l1_params(wildcards.date)
+
+
+def trace_mem_mb(wildcards, attempt):
+    return PLANS.trace_mem_mb(wildcards.date, attempt)
+
+
+def l1_mem_mb(wildcards, attempt):
+    return PLANS.l1_mem_mb(wildcards.date, attempt)

@@ -16,9 +16,9 @@ rule night_selection:
 if CFG["database"]["enabled"]:
 
     rule register_night:
-        """Register the night's masters in the calibration database (one transaction)."""
+        """Register the night's masters, traces and L1 files in the database (one transaction)."""
         input:
-            night_masters,
+            night_products,
         output:
             f"{WORK}/registered/{{date}}.json",
         log:

@@ -264,7 +264,7 @@ def test_register_reads_the_fields_from_the_files(conn, tmp_path):
     arc = write_master(
         root, "20230606", "arclamp", obj="autocal-UNe-sky", nframes=6, ccds=ALL_CCDS[:2]
     )
-    (root / "20230606" / "kpf_20230606_master_bias_L1.fits").write_bytes(b"not ours")
+    (root / "20230606" / "kpf_20230606_master_bias_L2.fits").write_bytes(b"not ours")
     (root / "20230606" / ".kpf_20230606_master_dark.fits.tmp-123").write_bytes(b"partial")
 
     rows = register_night(conn, root, "20230606")
@@ -288,6 +288,54 @@ def test_register_reads_the_fields_from_the_files(conn, tmp_path):
     assert bias_row["status"] == 1
     assert bias_row["createdby"] == f"{getpass.getuser()} (kpfmasters {__version__})"
     assert len(all_rows(conn)) == 2
+
+
+def write_traces_and_l1(root: Path, date: str, kind: str = "bias") -> tuple[list[Path], Path]:
+    """Trace files of the night's flat (one SCI2 trace per CCD of the 6 x 8 images) and the
+    L1 file of its master ``kind``, made by the product's own writers."""
+    from kpfmasters.science.l1 import L1Job, build_l1
+    from kpfmasters.science.traces import TraceSet, write_traces
+
+    ts = TraceSet([[2.5, 0.0, 0.0, 0.0]], [1.0], [1.0], [0], [7], ["SCI2"], [0])
+    csvs = [
+        write_traces(ts, root / date / f"kpf_{date}_master_flat_{ccd}.csv")
+        for ccd in ("GREEN_CCD", "RED_CCD")
+    ]
+    master = master_path(root, date, kind)
+    l1 = master.with_name(master.name.replace(".fits", "_L1.fits"))
+    traces = {ccd: str(p) for ccd, p in zip(("GREEN_CCD", "RED_CCD"), csvs, strict=True)}
+    build_l1(L1Job(str(master), str(l1), traces))
+    return csvs, l1
+
+
+def test_register_traces_at_level_0_and_l1_at_level_1(conn, tmp_path):
+    bias = write_master(tmp_path, "20230606", "bias", nframes=9)
+    flat = write_master(tmp_path, "20230606", "flat", nframes=12)
+    csvs, l1 = write_traces_and_l1(tmp_path, "20230606")
+    rows = register_night(conn, tmp_path, "20230606")
+    got = [(r["level"], r["caltype"], r["object"], r["filename"]) for r in rows]
+    assert got == [
+        (0, "bias", "autocal-bias", str(bias)),
+        (0, "flat", "autocal-flat", str(flat)),
+        (0, "ordertrace", "green_ccd", str(csvs[0])),
+        (0, "ordertrace", "red_ccd", str(csvs[1])),
+        (1, "bias", "autocal-bias", str(l1)),
+    ]
+    by_name = {Path(r["filename"]).name: r for r in rows}
+    green = by_name[csvs[0].name]
+    assert (green["contentbits"], green["nframes"], green["checksum"]) == (1, 12, md5(csvs[0]))
+    assert by_name[csvs[1].name]["contentbits"] == 2
+    one = by_name[l1.name]
+    assert (one["contentbits"], one["nframes"], one["checksum"]) == (3, 9, md5(l1))
+    # an L1 removed from disk loses its row; a damaged trace file stops the night unchanged
+    l1.unlink()
+    report = register_night_report(conn, tmp_path, "20230606")
+    assert [r["filename"] for r in report.removed] == [str(l1)]
+    before = all_rows(conn)
+    csvs[1].write_text(",Coeff0,Coeff1\n0,1,2\n")
+    with pytest.raises(InputError, match="kpf_20230606_master_flat_RED_CCD.csv: header"):
+        register_night(conn, tmp_path, "20230606")
+    assert all_rows(conn) == before
 
 
 def test_register_twice_gives_identical_rows(conn, tmp_path):

@@ -32,12 +32,25 @@ MASTERS = {
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("incremental")]
 
 
+TRACES = {f"kpf_{DATE}_master_flat_{ccd}.csv" for ccd in ("GREEN_CCD", "RED_CCD")}
+
+
+def l1(masters: set[str]) -> set[str]:
+    """The L1 files of ``masters``."""
+    return {m.replace(".fits", "_L1.fits") for m in masters}
+
+
 def with_qa(masters: set[str]) -> set[str]:
-    """Rebuilt masters plus the quality assessment that follows them (rules/qa.smk): each
-    master's QA folder (named by its kind), the night's QA document and statistics page."""
+    """Rebuilt masters plus what follows them: their L1 files; when the flat is rebuilt, the
+    trace files and every L1 (rules/traces.smk, rules/l1.smk); the quality assessment
+    (rules/qa.smk): each master's QA folder (named by its kind), the night's QA document and
+    statistics page."""
     prefix = f"kpf_{DATE}_master_"
     kinds = {m[len(prefix) : -len(".fits")] for m in masters}
-    return set(masters) | kinds | {f"kpf_{DATE}_masters_qa.json", "statistics.html"}
+    follow = l1(masters)
+    if f"kpf_{DATE}_master_flat.fits" in masters:
+        follow |= TRACES | l1(MASTERS)
+    return set(masters) | follow | kinds | {f"kpf_{DATE}_masters_qa.json", "statistics.html"}
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +108,8 @@ def test_incremental_rebuilds(built, tmp_path):
         assert hdul[0].header["NFRAMES"] == COUNTS["bias"] + 1
         assert new in list(hdul["INPUTS"].data["L0FILE"])
 
-    # 3. A new arclamp frame of one OBJECT: only that arclamp master (and its 2D file).
+    # 3. A new arclamp frame of one OBJECT: only that arclamp master and its L1 (and its 2D
+    # file); the traces and the other L1 files stay.
     une = night.sim.expected("arclamp", "autocal-une-sky")[0].name
     new_arc = add_frame_like(night, une, 71000.0)
     assert set(dry_run_outputs(night)) == with_qa(
@@ -103,7 +117,7 @@ def test_incremental_rebuilds(built, tmp_path):
     ) | {new_arc.replace(".fits", "_2D.fits"), f"{DATE}.txt"}
     snakemake(night)
 
-    # 4. A changed order mask: flat and arclamps.
+    # 4. A changed order mask: flat and arclamps, the traces and every L1.
     with fits.open(night.order_mask, mode="update") as hdul:
         hdul["GREEN_CCD"].data[0, 0] = 0
     stat = night.order_mask.stat()
@@ -113,10 +127,10 @@ def test_incremental_rebuilds(built, tmp_path):
     snakemake(night)
     assert dry_run_outputs(night) == []
 
-    # 5. A changed parameter (the flat's clip k): flat and arclamps, nothing else.
+    # 5. A changed parameter (the flat's clip k): flat and arclamps, traces and every L1.
     cfg = override_file(tmp_path, **{"masters.flat.nsigma": 2.5})
     assert set(dry_run_outputs(night, "--configfile", cfg)) == with_qa(flat_and_arcs)
-    # ... while a parameter of the arclamps only touches the arclamps.
+    # ... while a parameter of the arclamps only touches the arclamps and their L1 files.
     cfg = override_file(tmp_path, **{"masters.arclamp.nsigma": 3.0})
     assert set(dry_run_outputs(night, "--configfile", cfg)) == with_qa(
         {m for m in MASTERS if "arclamp" in m}
@@ -150,8 +164,19 @@ def test_missing_predecessors_use_the_nearest_master(built, tmp_path):
     made = sorted(p.name for p in (night.masters_root / later).glob("*.fits"))
     assert made == [
         f"kpf_{later}_master_arclamp_autocal-une-sky.fits",
+        f"kpf_{later}_master_arclamp_autocal-une-sky_L1.fits",
         f"kpf_{later}_master_bias.fits",
+        f"kpf_{later}_master_bias_L1.fits",
     ]
+    # No flat of its own: the L1 files use the earlier night's traces, and say so.
+    assert not list((night.masters_root / later).glob("*.csv"))
+    for name in made[1::2]:
+        with fits.open(night.masters_root / later / name) as hdul:
+            assert hdul[0].header["TRACFGRN"] == f"kpf_{DATE}_master_flat_GREEN_CCD.csv"
+            assert hdul[0].header["TRACFRED"] == f"kpf_{DATE}_master_flat_RED_CCD.csv"
+            table = hdul["INPUTS"].data
+            roles = dict(zip(table["ROLE"], table["FILENAME"], strict=True))
+            assert roles["trace_GREEN_CCD"] == f"kpf_{DATE}_master_flat_GREEN_CCD.csv"
     text = proc.stdout + proc.stderr
     assert f"master dark for {later} not made: 0 frame(s) matched" in text
     with fits.open(night.masters_root / later / made[0]) as hdul:
@@ -171,4 +196,6 @@ def test_missing_predecessors_use_the_nearest_master(built, tmp_path):
         "than the maximum age of 1 days"
     ) in text
     made = sorted(p.name for p in (night.masters_root / later).glob("*.fits"))
+    # ... and the earlier night's traces are too old for its L1: none is made, and it says so.
     assert made == [f"kpf_{later}_master_bias.fits"]
+    assert f"no L1 products for {later}: night {later} has no master order trace" in text

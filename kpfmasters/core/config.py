@@ -110,6 +110,9 @@ def normalize_config(config: dict, environ: dict | None = None) -> dict:
     for key in PATH_KEYS:
         cfg[key] = expand_vars(str(cfg[key]), key, environ)
     cfg["nights"] = parse_dates(cfg.get("date", ""), cfg.get("dates", ""))
+    wls = cfg.get("wls") or {}
+    if wls.get("reference"):
+        wls["reference"] = expand_vars(str(wls["reference"]), "wls.reference", environ)
     return cfg
 
 

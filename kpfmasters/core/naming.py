@@ -83,3 +83,19 @@ def master_kind(path: str | Path) -> str | None:
     if not match:
         return None
     return match.group("type") + (f"_{match.group('tag')}" if match.group("tag") else "")
+
+
+TRACE_CCDS = ("GREEN_CCD", "RED_CCD")
+TRACE_NAME_RE = re.compile(r"^kpf_(?P<date>\d{8})_master_flat_(?P<ccd>GREEN_CCD|RED_CCD)\.csv$")
+
+
+def trace_name(date: str, ccd: str) -> str:
+    """Order-trace file of a night's master flat: ``kpf_<date>_master_flat_<CCD>.csv``."""
+    if ccd not in TRACE_CCDS:
+        raise ValueError(f"unknown CCD {ccd!r}; expected one of {TRACE_CCDS}")
+    return f"kpf_{date}_master_flat_{ccd}.csv"
+
+
+def l1_name(master: str) -> str:
+    """``kpf_<date>_master_<type>.fits`` -> ``kpf_<date>_master_<type>_L1.fits``."""
+    return master.removesuffix(".fits") + "_L1.fits"

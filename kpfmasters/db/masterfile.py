@@ -1,8 +1,10 @@
-"""What the calibration database records about one master file, read from the file itself.
+"""What the calibration database records about one product file, read from the file itself.
 
-A night's 2D masters are ``<masters_root>/<date>/kpf_<date>_master_<type>.fits`` (SPEC
-section 5). Other files there are ignored with a log line: KPF's 1D products
-(``*_L1.fits``, ``*_L2.fits``), names of another night, hidden temporary files.
+A night's 2D masters are ``<masters_root>/<date>/kpf_<date>_master_<type>.fits`` (level 0),
+their 1D spectra ``kpf_<date>_master_<type>_L1.fits`` (level 1, caltype and object of the 2D
+master) and the order traces of its master flat ``kpf_<date>_master_flat_<CCD>.csv`` (level
+0, caltype ``ordertrace``, object ``green_ccd``/``red_ccd``). Other files there are ignored
+with a log line: L2 products, names of another night, hidden temporary files.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 from kpfmasters.core.errors import InputError
 from kpfmasters.core.instrument import CCD_BIT
-from kpfmasters.core.naming import MASTER_NAME_RE, object_tag
+from kpfmasters.core.naming import MASTER_NAME_RE, TRACE_NAME_RE, object_tag
 from kpfmasters.core.products import product
 from kpfmasters.db.errors import NightError
 
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 
 CONTENT_BITS = {ext: 1 << bit for ext, bit in CCD_BIT.items()}
 LEVEL_2D = 0
+LEVEL_L1 = 1
+TRACE_CALTYPE = "ordertrace"
 _PRODUCT_SUFFIXES = ("_L1", "_L2")
 _CHUNK = 1 << 20
 
@@ -46,6 +50,7 @@ class MasterInfo:
     maxmjd: float
     infobits: int
     checksum: str
+    level: int = LEVEL_2D
 
 
 def parse_night(date: str) -> dt.date:
@@ -166,4 +171,104 @@ def read_master(path: str | Path) -> MasterInfo:
         maxmjd=_keyword(path, primary, "MAXMJD", float),
         infobits=_keyword(path, primary, "INFOBITS", int),
         checksum=checksum,
+    )
+
+
+def night_l1_files(masters_root: str | Path, date: str) -> list[Path]:
+    """The night's L1 files (``kpf_<date>_master_<type>_L1.fits``), sorted, absolute."""
+    night_dir = Path(os.path.abspath(masters_root)) / date
+    if not night_dir.is_dir():
+        return []
+    found = []
+    for entry in sorted(night_dir.iterdir()):
+        match = MASTER_NAME_RE.match(entry.name.replace("_L1.fits", ".fits"))
+        if entry.name.endswith("_L1.fits") and match and match.group("date") == date:
+            if entry.is_file():
+                found.append(entry)
+    return found
+
+
+def night_trace_files(masters_root: str | Path, date: str) -> list[Path]:
+    """The night's order-trace files (``kpf_<date>_master_flat_<CCD>.csv``), sorted."""
+    night_dir = Path(os.path.abspath(masters_root)) / date
+    if not night_dir.is_dir():
+        return []
+    return [
+        entry
+        for entry in sorted(night_dir.iterdir())
+        if (m := TRACE_NAME_RE.match(entry.name)) and m.group("date") == date and entry.is_file()
+    ]
+
+
+def read_l1(path: str | Path) -> MasterInfo:
+    """``calfiles`` fields of an L1 file: level 1, caltype and object of its 2D master (from
+    the PRIMARY header it copies), content bits from its GREEN_/RED_ extensions."""
+    path = Path(os.path.abspath(path))
+    match = MASTER_NAME_RE.match(path.name.replace("_L1.fits", ".fits"))
+    if not (path.name.endswith("_L1.fits") and match):
+        raise InputError(path, "name is not kpf_<date>_master_<type>_L1.fits")
+    caltype = match.group("type")
+    headers = _open_headers(path)
+    primary = headers[0]
+    imtype = str(primary.get("IMTYPE", ""))
+    expected = product(caltype).imtype
+    if imtype.lower() != expected.lower():
+        raise InputError(path, f"PRIMARY IMTYPE = {imtype!r}, expected {expected!r}")
+    raw_object = _keyword(path, primary, "OBJECT", str)
+    contentbits = 0
+    for header in headers[1:]:
+        name = str(header.get("EXTNAME", "")).upper()
+        if header.get("XTENSION") == "IMAGE":
+            contentbits |= CONTENT_BITS.get(name.split("_")[0] + "_CCD", 0)
+    if not contentbits:
+        raise InputError(path, "has no GREEN_* or RED_* spectra extension, expected L1 images")
+    try:
+        checksum = md5_file(path)
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror})") from None
+    return MasterInfo(
+        path=path,
+        caltype=caltype,
+        object=raw_object.lower(),
+        raw_object=raw_object,
+        contentbits=contentbits,
+        nframes=_keyword(path, primary, "NFRAMES", int),
+        minmjd=_keyword(path, primary, "MINMJD", float),
+        maxmjd=_keyword(path, primary, "MAXMJD", float),
+        infobits=_keyword(path, primary, "INFOBITS", int),
+        checksum=checksum,
+        level=LEVEL_L1,
+    )
+
+
+def read_trace_file(path: str | Path, flat: MasterInfo | None) -> MasterInfo:
+    """``calfiles`` fields of a trace CSV: level 0, caltype ``ordertrace``, object the CCD
+    (lowercase); frames and MJD range of the master flat it was traced on (``flat``, the
+    night's; :class:`InputError` when the night has none)."""
+    from kpfmasters.science.traces import read_traces
+
+    path = Path(os.path.abspath(path))
+    match = TRACE_NAME_RE.match(path.name)
+    if not match:
+        raise InputError(path, "name is not kpf_<date>_master_flat_<CCD>.csv")
+    if flat is None:
+        raise InputError(path, "the night has no master flat, expected the flat it was traced on")
+    read_traces(path)  # a valid trace file, or InputError naming the line
+    ccd = match.group("ccd")
+    try:
+        checksum = md5_file(path)
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror})") from None
+    return MasterInfo(
+        path=path,
+        caltype=TRACE_CALTYPE,
+        object=ccd.lower(),
+        raw_object=ccd,
+        contentbits=CONTENT_BITS[ccd],
+        nframes=flat.nframes,
+        minmjd=flat.minmjd,
+        maxmjd=flat.maxmjd,
+        infobits=0,
+        checksum=checksum,
+        level=LEVEL_2D,
     )

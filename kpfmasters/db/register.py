@@ -1,5 +1,6 @@
-"""Registering a night's masters: the night's level-0 ``calfiles`` rows become exactly the
-masters on disk, in one transaction (SPEC section 6).
+"""Registering a night's masters: the night's level-0 and level-1 ``calfiles`` rows become
+exactly the products on disk, in one transaction: the 2D masters and the order-trace files
+(level 0, caltype ``ordertrace``) and the L1 files (level 1).
 
 Every file is read and checksummed before the database is touched, so an unreadable or
 invalid file stops the registration with nothing changed and an error naming the file. A
@@ -25,10 +26,15 @@ from kpfmasters.core.errors import InputError
 from kpfmasters.db.errors import DatabaseError
 from kpfmasters.db.masterfile import (
     LEVEL_2D,
+    LEVEL_L1,
     MasterInfo,
+    night_l1_files,
     night_master_files,
+    night_trace_files,
     parse_night,
+    read_l1,
     read_master,
+    read_trace_file,
 )
 from kpfmasters.db.schema import check_schema
 from kpfmasters.db.transaction import transaction
@@ -36,6 +42,7 @@ from kpfmasters.db.transaction import transaction
 log = logging.getLogger(__name__)
 
 STATUS_GOOD = 1
+LEVELS = (LEVEL_2D, LEVEL_L1)  # the levels a night's registration makes exact
 # pg_advisory_xact_lock(class, night): one registration of a night at a time.
 _LOCK_CLASS = 0x6B70_6672  # "kpfr"
 
@@ -77,8 +84,8 @@ RETURNING c.cid, c.caltype, c.object, c.filename
 """
 
 _NIGHT_ROWS = """
-SELECT * FROM calfiles WHERE startdate = %(startdate)s AND level = %(level)s
-ORDER BY caltype, object, cid
+SELECT * FROM calfiles WHERE startdate = %(startdate)s AND level = ANY(%(levels)s)
+ORDER BY level, caltype, object, cid
 """
 
 
@@ -112,9 +119,9 @@ def default_createdby() -> str:
 
 def _check_distinct(infos: list[MasterInfo]) -> None:
     """Two files may not map to one unique key (OBJECT values equal once lowercased)."""
-    seen: dict[tuple[str, str], MasterInfo] = {}
+    seen: dict[tuple[int, str, str], MasterInfo] = {}
     for info in infos:
-        key = (info.caltype, info.object)
+        key = (info.level, info.caltype, info.object)
         if key in seen:
             other = seen[key]
             raise InputError(
@@ -128,7 +135,7 @@ def _check_distinct(infos: list[MasterInfo]) -> None:
 
 def _row_params(info: MasterInfo, night: dt.date, createdby: str, comment: str | None):
     return {
-        "level": LEVEL_2D,
+        "level": info.level,
         "caltype": info.caltype,
         "object": info.object,
         "contentbits": info.contentbits,
@@ -153,9 +160,13 @@ def register_night_report(
     comment: str | None = None,
     createdby: str | None = None,
 ) -> Registration:
-    """Make the night's level-0 rows exactly its masters on disk; see the module docstring."""
+    """Make the night's level-0 and level-1 rows exactly its products on disk; see the
+    module docstring."""
     night = parse_night(date)
     infos = [read_master(path) for path in night_master_files(masters_root, date)]
+    flat = next((i for i in infos if i.caltype == "flat"), None)
+    infos += [read_trace_file(path, flat) for path in night_trace_files(masters_root, date)]
+    infos += [read_l1(path) for path in night_l1_files(masters_root, date)]
     _check_distinct(infos)
     createdby = createdby or default_createdby()
     check_schema(conn)
@@ -172,17 +183,19 @@ def register_night_report(
                     report.inserted += 1
                 else:
                     report.updated += 1
-            cur.execute(
-                _DELETE_GONE,
-                {
-                    "startdate": night,
-                    "level": LEVEL_2D,
-                    "caltypes": [info.caltype for info in infos],
-                    "objects": [info.object for info in infos],
-                },
-            )
-            report.removed = [dict(row) for row in cur.fetchall()]
-            cur.execute(_NIGHT_ROWS, {"startdate": night, "level": LEVEL_2D})
+            for level in LEVELS:
+                kept = [info for info in infos if info.level == level]
+                cur.execute(
+                    _DELETE_GONE,
+                    {
+                        "startdate": night,
+                        "level": level,
+                        "caltypes": [info.caltype for info in kept],
+                        "objects": [info.object for info in kept],
+                    },
+                )
+                report.removed += [dict(row) for row in cur.fetchall()]
+            cur.execute(_NIGHT_ROWS, {"startdate": night, "levels": list(LEVELS)})
             report.rows = [dict(row) for row in cur.fetchall()]
     except psycopg2.Error as exc:
         raise DatabaseError(

@@ -14,7 +14,7 @@ from pathlib import Path
 from kpfmasters import __version__
 from kpfmasters.core.config import config_hash
 from kpfmasters.core.errors import InputError, KPFMastersError, NoPredecessorError
-from kpfmasters.core.naming import master_name, two_d_name
+from kpfmasters.core.naming import TRACE_CCDS, l1_name, master_name, trace_name, two_d_name
 from kpfmasters.core.products import product
 from kpfmasters.io.fits import atomic_output, check_complete, verify_checksums
 from kpfmasters.plan.night import scan_night
@@ -50,6 +50,7 @@ class Plans:
         self._reported: set[str] = set()
         self._unusable: dict[Path, str] = {}
         self._verified: dict[str, dict] | None = None  # loaded on first use
+        self._no_trace_reported: set[str] = set()
 
     # -- paths -----------------------------------------------------------------------------
     def index_path(self, date: str) -> str:
@@ -217,6 +218,86 @@ class Plans:
             }
         )
 
+    # -- order traces and L1 ----------------------------------------------------------------
+    def makes_flat(self, date: str) -> bool:
+        """Whether this run makes ``date``'s master flat (so its trace files too)."""
+        try:
+            return self.master_path(date, "flat") in self.night_targets(date)
+        except KPFMastersError:
+            return False
+
+    def own_traces(self, date: str) -> dict[str, str]:
+        """CCD -> the trace file ``date``'s own master flat gives."""
+        root = self.cfg["masters_root"]
+        return {ccd: f"{root}/{date}/{trace_name(date, ccd)}" for ccd in TRACE_CCDS}
+
+    def trace_files(self, date: str) -> dict[str, str]:
+        """CCD -> the trace file ``date``'s L1 products use: the night's own when it makes a
+        flat, else the nearest earlier night's (on disk or made by this run) within
+        ``predecessors.max_age_days``. Raises :class:`NoPredecessorError` when none."""
+        if self.makes_flat(date):
+            return self.own_traces(date)
+        max_age = self.cfg["predecessors"]["max_age_days"]
+        root = Path(self.cfg["masters_root"])
+        candidates = {}
+        if root.is_dir():
+            for night in root.iterdir():
+                if night.name.isdigit() and len(night.name) == 8 and night.name < date:
+                    paths = [night / trace_name(night.name, ccd) for ccd in TRACE_CCDS]
+                    if all(p.is_file() for p in paths):
+                        candidates[night.name] = Candidate(night.name, paths[0])
+        for night in self.cfg["nights"]:
+            if night < date and night not in candidates and self.makes_flat(night):
+                path = Path(self.own_traces(night)[TRACE_CCDS[0]])
+                candidates[night] = Candidate(night, path, pending=True)
+        try:
+            found = nearest(date, "order trace", list(candidates.values()), max_age)
+        except NoPredecessorError as exc:
+            raise NoPredecessorError(f"{exc} (earlier nights only)") from None
+        return self.own_traces(found.date)
+
+    def trace_params(self) -> dict:
+        return canonical(self.cfg["traces"])
+
+    def l1_params(self, date: str) -> dict:
+        """What an L1 product is made with (a change rebuilds it)."""
+        effective = {"l1": self.cfg["l1"], "wls": self.cfg["wls"], "traces": self.cfg["traces"]}
+        return canonical(
+            {
+                "method": self.cfg["l1"]["method"],
+                "wls": self.cfg["wls"]["reference"],
+                "version": __version__,
+                "cfghash": config_hash(__version__, effective),
+            }
+        )
+
+    def wls_reference(self) -> list[str]:
+        """The reference wavelength file as a rule input ([] when none is configured)."""
+        ref = self.cfg["wls"]["reference"]
+        return [ref] if ref else []
+
+    def l1_targets(self, date: str) -> list[str]:
+        """The L1 file of every master ``date`` makes, when it has traces (else logged)."""
+        masters = self.night_targets(date)
+        if not masters:
+            return []
+        try:
+            self.trace_files(date)
+        except NoPredecessorError as exc:
+            if self.main_process and self.log and date not in self._no_trace_reported:
+                self.log.error(f"no L1 products for {date}: {exc}")
+            self._no_trace_reported.add(date)
+            return []
+        return [str(Path(m).with_name(l1_name(Path(m).name))) for m in masters]
+
+    def trace_targets(self, date: str) -> list[str]:
+        """The night's own trace files (when it makes a master flat)."""
+        return list(self.own_traces(date).values()) if self.makes_flat(date) else []
+
+    def night_products(self, date: str) -> list[str]:
+        """Everything the night's registration records: masters, trace files, L1 files."""
+        return self.night_targets(date) + self.trace_targets(date) + self.l1_targets(date)
+
     # -- targets ---------------------------------------------------------------------------
     def night_targets(self, date: str) -> list[str]:
         """Every master of ``date`` that can be made; logs why any other is not made."""
@@ -257,6 +338,8 @@ class Plans:
         for date in self.cfg["nights"]:
             masters = self.night_targets(date)
             out.extend(masters)
+            out.extend(self.trace_targets(date))
+            out.extend(self.l1_targets(date))
             if masters:
                 out.append(f"{self.cfg['work_root']}/selection/{date}.txt")
                 if self.cfg["database"]["enabled"]:
@@ -302,6 +385,18 @@ class Plans:
         """Previews and statistics of one master: ~1.2 GB measured at 4080 x 4080 per CCD."""
         npix, _ = self._pixels(self.plan(date).frames)
         return int((300 + 64 * npix / 2**20) * attempt)
+
+    def trace_mem_mb(self, date: str, attempt: int = 1) -> int:
+        """Order traces of both CCDs, one at a time: the stack (float32), the mask and the
+        labels (int32) and the per-value boolean images; about 0.3 GB at 4080 x 4080."""
+        npix, _ = self._pixels(self.plan(date).frames)
+        return int((300 + 20 * npix / 2**20) * attempt)
+
+    def l1_mem_mb(self, date: str, attempt: int = 1) -> int:
+        """One L1: the master memory-mapped, extraction chunks of a few traces, the spectra;
+        bench/bench_l1.py measures the peak at 4080 x 4080."""
+        npix, _ = self._pixels(self.plan(date).frames)
+        return int((300 + 40 * npix / 2**20) * attempt)
 
     def stack_runtime(self, date: str, mtype: str, tag: str | None) -> int:
         sel = self.selection(date, mtype, tag)

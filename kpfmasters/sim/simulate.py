@@ -31,6 +31,7 @@ import numpy as np
 from astropy.io import fits
 
 from kpfmasters.io.fits import atomic_output, write_fits
+from kpfmasters.sim.spectrograph import KPF_SIZE, reference_hdulist
 from kpfmasters.sim.truth import (
     CAHK,
     CCD_NAMES,
@@ -156,6 +157,11 @@ class SimulatedNight:
             if f.expected_master == master and (obj is None or f.object == obj)
         ]
         return sorted(picked, key=lambda f: (f.mjd_obs, f.name))
+
+    @property
+    def wls_reference_path(self) -> Path:
+        """The reference wavelength solution the simulator writes (``wls.reference``)."""
+        return self.out / "wls_reference.fits"
 
     @property
     def arc_objects(self) -> list[str]:
@@ -460,6 +466,13 @@ def frame_hdul(night, frame, images: dict, compress: bool) -> fits.HDUList:
     return fits.HDUList(hdus)
 
 
+def write_reference_wls(night: SimulatedNight) -> Path:
+    """``<out>/wls_reference.fits``: the reference wavelength solution of the night's
+    spectrograph (KPF L1 WAVE extensions), for the configuration key ``wls.reference``."""
+    specs = {ccd: night.ccds[ccd].spectrograph for ccd in CCD_NAMES}
+    return write_fits(reference_hdulist(specs, night.seed), night.wls_reference_path)
+
+
 def write_order_mask(night: SimulatedNight) -> Path:
     hdus = [fits.PrimaryHDU()]
     hdus[0].header["ORIGIN"] = ORIGIN
@@ -493,6 +506,7 @@ def simulate_night(
     parallel_overscan: int = 30,
     adc_scale: int = 65536,
     workers: int | None = None,
+    geometry: str | None = None,
 ) -> SimulatedNight:
     """Write a simulated night under ``out`` and return it with its truth.
 
@@ -504,6 +518,11 @@ def simulate_night(
     the default selection must not pick (60 s dark, 120 s flat, a science frame, a
     re-delivered bias whose name contains ``-``). ``compress`` RICE-compresses amplifiers.
     The amplifier widths (pixels) and ``adc_scale`` are those of SPEC section 1.
+
+    ``geometry`` is the spectrograph's trace geometry, ``compact`` or ``kpf`` (KPF's measured
+    traces, size 4080 only); the default is ``kpf`` at size 4080, else ``compact``. The
+    night's reference wavelength solution (truth plus a smooth known perturbation, see
+    :mod:`kpfmasters.sim.spectrograph`) is written as ``<out>/wls_reference.fits``.
 
     ``workers`` threads render amplifiers (default: up to 2); results do not depend on it.
     Files are written one frame at a time. The same arguments give the same data and
@@ -520,7 +539,11 @@ def simulate_night(
     out = Path(out)
     geom = Geometry(size, amps, prescan, serial_overscan, parallel_overscan, adc_scale)
     objects = [obj for obj, n in counts["arclamp"].items() if n > 0]
-    ccds = {name: make_ccd_truth(name, size, amps, objects, seed, adc_scale) for name in CCD_NAMES}
+    geometry = geometry or ("kpf" if size == KPF_SIZE else "compact")
+    ccds = {
+        name: make_ccd_truth(name, size, amps, objects, seed, adc_scale, geometry)
+        for name in CCD_NAMES
+    }
     ccds[CAHK] = make_cahk_truth(tuple(cahk_shape or default_cahk_shape(size)), objects, seed)
     night = SimulatedNight(
         out=out,
@@ -542,6 +565,7 @@ def simulate_night(
     clear_previous(night)
     night.l0_dir.mkdir(parents=True, exist_ok=True)
     write_order_mask(night)
+    write_reference_wls(night)
     save_truth_arrays(night)
     workers = workers or min(2, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
@@ -583,7 +607,8 @@ def clear_previous(night: SimulatedNight) -> None:
     for path in old:
         path.unlink()
     if night.truth_dir.is_dir():
-        for path in [*night.truth_dir.glob("*.npy"), *night.truth_dir.glob("*.json")]:
+        old_truth = [*night.truth_dir.glob("*.npy"), *night.truth_dir.glob("*.json")]
+        for path in [*old_truth, *night.truth_dir.glob("order_trace_*.csv")]:
             path.unlink()
 
 

@@ -79,6 +79,7 @@ class CCDTruth:
     gain: tuple[float, ...] = ()
     pedestal: tuple[float, ...] = ()
     read_noise: tuple[float, ...] = ()
+    spectrograph: object = None  # kpfmasters.sim.spectrograph.Spectrograph (GREEN, RED)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -199,12 +200,13 @@ def smooth_field(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray
     return np.outer(fy, fx).astype(np.float32)
 
 
-def lamp_rate(name: str, centres: np.ndarray, profile: TraceProfile, rng) -> np.ndarray:
+def lamp_rate(name: str, centres: np.ndarray, profile: TraceProfile, rng, trace_flux=None):
     """Flat-lamp rate (e-/s, before PRNU) of one CCD, (size, size) float32.
 
     Each order has a blaze envelope along x and a lamp colour; each orderlet its throughput.
     The brightest pixel is ``LAMP_PEAK``; smooth scattered light of ``SCATTERED_FRACTION``
-    of the peak lies everywhere.
+    of the peak lies everywhere. A list ``trace_flux`` receives each trace's light per column
+    (n_traces, size), e-/s before PRNU, scattered light not included.
     """
     n_orders, _, size = centres.shape
     u = (np.arange(size) + 0.5) / size
@@ -214,7 +216,10 @@ def lamp_rate(name: str, centres: np.ndarray, profile: TraceProfile, rng) -> np.
     amplitude = (colour * blaze)[:, None, :] * ORDERLET_THROUGHPUT[None, :, None]
     image = render(profile, amplitude.reshape(-1, size))
     peak = LAMP_PEAK[name]
-    image *= peak / image.max()
+    scale = peak / image.max()
+    image *= scale
+    if trace_flux is not None:
+        trace_flux.append(amplitude.reshape(-1, size) * np.float32(scale))
     image += SCATTERED_FRACTION * peak * smooth_field((size, size), rng)
     return image.astype(np.float32)
 
@@ -247,11 +252,12 @@ def arc_lines(obj: str, n_orders: int, size: int, rng) -> np.ndarray:
     return np.column_stack([order, x, strength])
 
 
-def arc_rate(obj: str, lines: np.ndarray, profile: TraceProfile, shape, rng) -> np.ndarray:
+def arc_rate(obj: str, lines: np.ndarray, profile: TraceProfile, shape, rng, trace_flux=None):
     """Arc-lamp rate (e-/s, before PRNU), (size, size) float32: compact spots on the traces.
 
     Each line is a Gaussian along x (sigma 1.1 px) times the orderlet cross-profile; the
-    brightest pixel is ``ARC_PEAK``, plus faint smooth scattered light.
+    brightest pixel is ``ARC_PEAK``, plus faint smooth scattered light. A list ``trace_flux``
+    receives each trace's light per column (n_traces, size), e-/s before PRNU.
     """
     n_orders, size = shape
     offsets = np.arange(-6, 7)
@@ -265,7 +271,10 @@ def arc_rate(obj: str, lines: np.ndarray, profile: TraceProfile, shape, rng) -> 
     spectrum = spectrum.reshape(n_orders, size)
     amplitude = spectrum[:, None, :] * orderlet_weights(obj)[None, :, None]
     image = render(profile, amplitude.reshape(-1, size))
-    image *= ARC_PEAK / image.max()
+    scale = ARC_PEAK / image.max()
+    image *= scale
+    if trace_flux is not None:
+        trace_flux.append(amplitude.reshape(-1, size) * scale)
     image += ARC_SCATTERED_FRACTION * ARC_PEAK * smooth_field((size, size), rng)
     return image.astype(np.float32)
 
@@ -339,27 +348,52 @@ def amplifier_constants(amps: int, adc_scale: int, rng) -> tuple[tuple, tuple, t
 
 
 def make_ccd_truth(
-    name: str, size: int, amps: int, objects: list[str], seed: int, adc_scale: int = 65536
+    name: str,
+    size: int,
+    amps: int,
+    objects: list[str],
+    seed: int,
+    adc_scale: int = 65536,
+    geometry: str = "compact",
 ) -> CCDTruth:
-    """Every static structure of one CCD (``GREEN_CCD`` or ``RED_CCD``)."""
+    """Every static structure of one CCD (``GREEN_CCD`` or ``RED_CCD``).
+
+    ``geometry`` ``compact`` (the simulator's own traces, any size) or ``kpf`` (KPF's
+    measured traces, 4080 x 4080): see :mod:`kpfmasters.sim.spectrograph`.
+    """
+    from kpfmasters.sim import spectrograph as sg
+
     ccd = CCD_NAMES.index(name)
     rng = rng_for(seed, 1, ccd)
     gain, pedestal, read_noise = amplifier_constants(amps, adc_scale, rng)
     bias = bias_structure(size, amps, rng)
     dark = dark_current(size, amps, rng)
     prnu = pixel_response((size, size), rng)
-    centres = trace_centres(size, rng)
-    n_orders = centres.shape[0]
-    profile = trace_profile(centres.reshape(-1, size), size)
-    lamp = lamp_rate(name, centres, profile, rng)
-    arcs = {}
-    for obj in objects:
-        arng = rng_for(seed, 2, ccd, stable_id(obj))
-        lines = arc_lines(obj, n_orders, size, arng)
-        arcs[obj] = arc_rate(obj, lines, profile, (n_orders, size), arng)
-    mask = order_mask(profile)
+    wave_rng = rng_for(seed, 5, ccd)
+    if geometry == "kpf":
+        spec = sg.kpf(name, wave_rng, size)
+        lamp, arcs = sg.kpf_light(spec, objects, seed, rng)
+        mask = sg.slit_mask(spec)
+    elif geometry == "compact":
+        centres = trace_centres(size, rng)
+        n_orders = centres.shape[0]
+        spec = sg.compact(name, centres, TRACE_SIGMA, MASK_HALF_WIDTH, wave_rng)
+        profile = trace_profile(centres.reshape(-1, size), size)
+        spectra: list[np.ndarray] = []
+        lamp = lamp_rate(name, centres, profile, rng, spectra)
+        spec.lamp = spectra[0]
+        arcs = {}
+        for obj in objects:
+            arng = rng_for(seed, 2, ccd, stable_id(obj))
+            lines = arc_lines(obj, n_orders, size, arng)
+            spectra = []
+            arcs[obj] = arc_rate(obj, lines, profile, (n_orders, size), arng, spectra)
+            spec.arcs[obj] = spectra[0].astype(np.float32)
+        mask = order_mask(profile)
+    else:
+        raise ValueError(f"unknown trace geometry {geometry!r}; use 'compact' or 'kpf'")
     return CCDTruth(
-        name, "electrons", bias, dark, prnu, lamp, arcs, mask, gain, pedestal, read_noise
+        name, "electrons", bias, dark, prnu, lamp, arcs, mask, gain, pedestal, read_noise, spec
     )
 
 
@@ -430,7 +464,7 @@ def save_ccd_truth(truth: CCDTruth, directory: Path) -> dict:
             array = getattr(truth, key)
         np.save(directory / f"{stem}.npy", array)
         files[key] = f"{stem}.npy"
-    return {
+    record = {
         "name": truth.name,
         "unit": truth.unit,
         "shape": list(truth.shape),
@@ -440,6 +474,11 @@ def save_ccd_truth(truth: CCDTruth, directory: Path) -> dict:
         "arc_objects": list(truth.arc),
         "files": files,
     }
+    if truth.spectrograph is not None:
+        from kpfmasters.sim.spectrograph import save_spectrograph
+
+        record["spectrograph"] = save_spectrograph(truth.spectrograph, directory)
+    return record
 
 
 def load_ccd_truth(record: dict, directory: Path, mmap: bool = True) -> CCDTruth:
@@ -451,6 +490,11 @@ def load_ccd_truth(record: dict, directory: Path, mmap: bool = True) -> CCDTruth
         return np.load(directory / files[key], mmap_mode=mode)
 
     arcs = {obj: get(f"arc:{obj}") for obj in record["arc_objects"]}
+    spectrograph = None
+    if "spectrograph" in record:
+        from kpfmasters.sim.spectrograph import load_spectrograph
+
+        spectrograph = load_spectrograph(record["name"], record["spectrograph"], directory, mmap)
     return CCDTruth(
         name=record["name"],
         unit=record["unit"],
@@ -463,6 +507,7 @@ def load_ccd_truth(record: dict, directory: Path, mmap: bool = True) -> CCDTruth
         gain=tuple(record["gain"]),
         pedestal=tuple(record["pedestal"]),
         read_noise=tuple(record["read_noise"]),
+        spectrograph=spectrograph,
     )
 
 

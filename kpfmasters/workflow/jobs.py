@@ -46,3 +46,50 @@ def run_master(smk, mtype: str) -> dict:
             if not row["USED"]:
                 log.warning("  %s not used: %s", row["L0FILE"], row["REASON"])
         return build_master(job)
+
+
+def run_traces(smk) -> dict:
+    """Trace files of a master flat inside a Snakemake job (rule order_traces)."""
+    from kpfmasters.science.traces import build_traces
+
+    with script_logging(smk.log[0]) as log:
+        outputs = {"GREEN_CCD": str(smk.output.green), "RED_CCD": str(smk.output.red)}
+        log.info("order traces of %s with mask %s", smk.input.flat, smk.input.order_mask)
+        summary = build_traces(smk.input.flat, smk.input.order_mask, outputs, smk.params.traces)
+        for ccd, info in summary.items():
+            log.info("%s: %d traces, %d orders", ccd, info["traces"], info["orders"])
+        return summary
+
+
+def run_l1(smk) -> dict:
+    """The L1 file of one master inside a Snakemake job (rule l1_master)."""
+    from pathlib import Path
+
+    from kpfmasters.core.naming import TRACE_CCDS
+    from kpfmasters.science.l1 import L1Job, build_l1
+
+    with script_logging(smk.log[0]) as log:
+        traces = {}
+        for path in smk.input.traces:
+            for ccd in TRACE_CCDS:
+                if Path(path).name.endswith(f"_{ccd}.csv"):
+                    traces[ccd] = str(path)
+        params = smk.params.l1
+        wls = str(smk.input.wls[0]) if len(smk.input.wls) else ""
+        job = L1Job(
+            master=str(smk.input.master),
+            output=str(smk.output[0]),
+            traces=traces,
+            wls=wls,
+            method=params["method"],
+            cfghash=params["cfghash"],
+        )
+        log.info(
+            "L1 of %s: traces %s, reference wavelengths %s",
+            job.master,
+            ", ".join(Path(p).name for p in traces.values()),
+            wls or "none",
+        )
+        summary = build_l1(job)
+        log.info("orders per CHIP: %s", summary["orders"])
+        return summary
