@@ -104,7 +104,10 @@ def main(argv=None) -> int:
     n_lfc = sum(len(sols[c, "lfc"].line_row) for c in chips)
     good_thar = sum(int(np.sum(sols[c, "thar"].fits.flags == 0)) for c in chips)
     good_lfc = sum(int(np.sum(sols[c, "lfc"].fits.flags == 0)) for c in chips)
-    fitted = {k: sum(s == "fit" for s in sols[c, k].status) for c in chips for k in ("thar", "lfc")}
+    fitted = {
+        k: sum(sum(s == "fit" for s in sols[c, k].status) for c in chips) for k in ("thar", "lfc")
+    }
+    rows = sum(len(sols[c, "thar"].status) for c in chips)
     rms = {
         (c, k): float(np.median(sols[c, k].rms_ms[np.array(sols[c, k].status) == "fit"]))
         for c in chips
@@ -178,7 +181,7 @@ def main(argv=None) -> int:
         f"| kpf | {n_total} ({n_thar} ThAr, {n_lfc} LFC) | {t_kpf:.2f} | "
         f"{1e6 * t_kpf / n_total:.0f} | 1.0 | fits and solutions; good fits {good_thar} ThAr, "
         f"{good_lfc} LFC; orders x orderlets fitted {fitted['thar']} ThAr, {fitted['lfc']} "
-        f"LFC; median RMS_MS ThAr {rms['GREEN', 'thar']:.1f}/{rms['RED', 'thar']:.1f}, LFC "
+        f"LFC of {rows}; median RMS_MS ThAr {rms['GREEN', 'thar']:.1f}/{rms['RED', 'thar']:.1f}, LFC "
         f"{rms['GREEN', 'lfc']:.1f}/{rms['RED', 'lfc']:.1f} m/s (GREEN/RED); runs "
         f"{', '.join(f'{v:.2f}' for v in times)} |",
         f"| curve_fit loop | {n_total} (extrapolated from {len(pick)}) | {t_loop:.1f} | "

@@ -334,11 +334,14 @@ def test_wls_file_layout_and_keywords(tmp_path, night, thar):
             "USED",
             "RESID_MS",
         ]
-        assert np.all(np.abs(lines["RESID_MS"][lines["USED"]]) < 200)
+        used = lines["USED"]
+        # Used lines lie within the clipping limit: a few of their own errors (870 m/s / px).
+        assert np.all(np.abs(lines["RESID_MS"][used]) < 6 * 870.0 * lines["X_ERR"][used])
         # WAVE replaced by the solution, which is closer to the truth than the +250 m/s prior.
         sci2 = back["GREEN_SCI_WAVE2"].data
         truth = night["GREEN"].wave[2::5]
-        assert np.max(np.abs(C * (sci2 - truth) / truth)) < 30.0
+        err = C * (sci2 - truth) / truth
+        assert np.sqrt(np.mean(err**2)) < 10.0 and np.max(np.abs(err)) < 100.0
         assert np.array_equal(back["GREEN_SCI_FLUX2"].data, l1["GREEN_SCI_FLUX2"].data)
         inputs = back["INPUTS"].data
         assert list(inputs["ROLE"]) == ["2d", "wls_prior", "linelist"]
@@ -358,7 +361,8 @@ def test_wls_file_needs_trace_and_inputs(thar):
 def test_l2_drift_equals_the_known_offset(tmp_path, thar):
     """The reference WAVE of the arclamp L1 is the truth offset by +250 m/s."""
     l1, results = thar
-    hdul = wlsproducts.l2_hdul(l1, results, inputs=[("l1", "a_L1.fits", "c" * 32)])
+    solution = wlsproducts.wls_hdul(l1, results, "thar", "reference.fits")
+    hdul = wlsproducts.l2_hdul(l1, solution, inputs=[("l1", "a_L1.fits", "c" * 32)])
     path = write_fits(hdul, tmp_path / "kpf_20230606_master_arclamp_autocal-thar-all-morn_L2.fits")
     with fits.open(path) as back:
         hdr = back[0].header

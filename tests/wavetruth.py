@@ -1,23 +1,20 @@
-"""A small true wavelength solution lambda(x) per trace, KPF-like, for the WLS tests.
-
-lambda(x) = (K / m) * exp(-(v_px / c) * (x - x_c - d_k) + a2 u^2 + a3 u^3) with
-K = 6.140e5 A, v_px = 870 m/s per pixel (KPF's dispersion; lambda falls with x), m the
-echelle order (GREEN from 137 down), d_k a per-orderlet shift (pixels), u = (x - x_c) / x_c
-and a2, a3 small per-order distortions (at most ``distortion_px`` pixels).
+"""Simulated lamp nights for the WLS tests: the simulator's true lambda(x) per trace
+(KPF-like: 870 m/s per pixel, lambda falling with x, GREEN orders from 137 and RED from 102
+down) and ThAr / LFC spectra rendered from it (kpfmasters.sim.lamps), written as L1 files by
+the product's own L1 writer.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-K_A = 6.140e5
-V_PX = 870.0
 C_MS = 299_792_458.0
 ORDERLETS = ("SKY", "SCI1", "SCI2", "SCI3", "CAL")
 
 
-def wave_truth(n_orders, ncol, first_order=137, seed=1, distortion_px=2.0, shift_px=0.7):
-    """True lambda(x) of every trace, rows order-major (order 0 SKY..CAL, order 1 ...).
+def wave_truth(n_orders, ncol, first_order=137, seed=1):
+    """True lambda(x) of every trace, rows order-major (order 0 SKY..CAL, order 1 ...): the
+    simulator's spectrograph wavelengths (:func:`kpfmasters.sim.spectrograph.wavelengths`).
 
     Returns
     -------
@@ -26,21 +23,12 @@ def wave_truth(n_orders, ncol, first_order=137, seed=1, distortion_px=2.0, shift
         Order index (0 = bottom, the bluest).
     orderlet : list of str
     """
-    rng = np.random.default_rng(seed)
-    x = np.arange(ncol, dtype=float)
-    xc = (ncol - 1) / 2.0
-    u = (x - xc) / xc
-    k = V_PX / C_MS
-    shifts = rng.uniform(-shift_px, shift_px, 5)
-    rows, order, orderlet = [], [], []
-    for o in range(n_orders):
-        m = first_order - o
-        a2, a3 = rng.uniform(-1, 1, 2) * distortion_px * k
-        for j, name in enumerate(ORDERLETS):
-            rows.append((K_A / m) * np.exp(-k * (x - xc - shifts[j]) + a2 * u**2 + a3 * u**3))
-            order.append(o)
-            orderlet.append(name)
-    return np.array(rows), np.array(order), orderlet
+    from kpfmasters.sim.spectrograph import wavelengths
+
+    order = np.repeat(np.arange(n_orders), 5)
+    orderlet = list(ORDERLETS) * n_orders
+    wave = wavelengths(first_order - order, orderlet, ncol, np.random.default_rng(seed))
+    return wave, order, orderlet
 
 
 # ---------------------------------------------------------------------------- lamp nights
@@ -96,23 +84,20 @@ def to_orderlet_major(rows, n_orders):
 
 
 def l1_hdul(chips, kind, wave_offset_ms=0.0, wave=None):
-    """A KPF-layout L1 HDUList of a lamp (kind 'thar' or 'lfc') from LampChip objects.
+    """The L1 HDUList of a lamp (kind 'thar' or 'lfc') written by kpfmasters.science.l1.
 
     WAVE holds the truth times (1 + wave_offset_ms / c), or ``wave`` (chip -> rows in the
     solvers' orderlet-major order, e.g. a solution's ``wave``).
     """
     from astropy.io import fits
 
-    hdus = [fits.PrimaryHDU()]
-    hdus[0].header["OBJECT"] = "autocal-thar-all-morn" if kind == "thar" else "cal-LFC-morn"
-    hdus[0].header["IMTYPE"] = "Arclamp"
-    slots = {
-        "SCI1": "SCI_{}1",
-        "SCI2": "SCI_{}2",
-        "SCI3": "SCI_{}3",
-        "SKY": "SKY_{}",
-        "CAL": "CAL_{}",
-    }
+    from kpfmasters.science.l1 import ChipSpectra, l1_hdulist
+    from kpfmasters.science.traces import TraceSet
+
+    primary = fits.Header()
+    primary["OBJECT"] = "autocal-thar-all-morn" if kind == "thar" else "cal-LFC-morn"
+    primary["IMTYPE"] = "Arclamp"
+    spectra, traces = {}, {}
     for chip_name in ("GREEN", "RED"):
         c = chips[chip_name]
         n = int(c.order.max()) + 1
@@ -123,29 +108,17 @@ def l1_hdul(chips, kind, wave_offset_ms=0.0, wave=None):
             w = np.empty_like(c.wave)
             for k in range(5):
                 w[k::5] = wave[chip_name][k * n : (k + 1) * n]
-        for what, arr in (("FLUX", flux), ("VAR", var), ("WAVE", w)):
-            for k, name in enumerate(ORDERLETS):
-                hdus.append(
-                    fits.ImageHDU(
-                        arr[k::5].astype(np.float64),
-                        name=f"{chip_name}_" + slots[name].format(what),
-                    )
-                )
-    hdus.append(
-        fits.BinTableHDU.from_columns(
-            [fits.Column("CHIP", "5A", array=np.array(["GREEN"]))], name="TRACE"
+        spectra[chip_name] = ChipSpectra(
+            {o: flux[k::5] for k, o in enumerate(ORDERLETS)},
+            {o: var[k::5] for k, o in enumerate(ORDERLETS)},
+            {o: w[k::5] for k, o in enumerate(ORDERLETS)},
+            unit="electrons",
         )
-    )
-    hdus.append(
-        fits.BinTableHDU.from_columns(
-            [
-                fits.Column("ROLE", "8A", array=np.array(["2d"])),
-                fits.Column(
-                    "FILENAME", "40A", array=np.array(["kpf_20230606_master_arclamp.fits"])
-                ),
-                fits.Column("MD5", "32A", array=np.array(["0" * 32])),
-            ],
-            name="INPUTS",
-        )
-    )
-    return fits.HDUList(hdus)
+        ntr = len(c.order)
+        ncol = c.wave.shape[1]
+        traces[chip_name] = TraceSet(
+            np.c_[20.0 * np.arange(ntr), np.zeros((ntr, 3))], np.full(ntr, 3.0),
+            np.full(ntr, 3.0), np.zeros(ntr), np.full(ntr, ncol - 1), c.orderlet, c.order,
+        )  # fmt: skip
+    inputs = [("2d", "kpf_20230606_master_arclamp.fits", "0" * 32)]
+    return l1_hdulist(primary, spectra, traces, inputs, {"WLSFILE": ("reference.fits", "")})

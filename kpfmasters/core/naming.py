@@ -99,3 +99,17 @@ def trace_name(date: str, ccd: str) -> str:
 def l1_name(master: str) -> str:
     """``kpf_<date>_master_<type>.fits`` -> ``kpf_<date>_master_<type>_L1.fits``."""
     return master.removesuffix(".fits") + "_L1.fits"
+
+
+WLS_NAME_RE = re.compile(r"^kpf_(?P<date>\d{8})_master_WLS_(?P<tag>.+)_L1\.fits$")
+L2_NAME_RE = re.compile(r"^kpf_(?P<date>\d{8})_master_arclamp_(?P<tag>.+)_L2\.fits$")
+
+
+def wls_name(date: str, tag: str) -> str:
+    """Wavelength solution of an arclamp: ``kpf_<date>_master_WLS_<tag>_L1.fits``."""
+    return f"kpf_{date}_master_WLS_{tag}_L1.fits"
+
+
+def l2_name(date: str, tag: str) -> str:
+    """Drift table of an arclamp: ``kpf_<date>_master_arclamp_<tag>_L2.fits``."""
+    return f"kpf_{date}_master_arclamp_{tag}_L2.fits"

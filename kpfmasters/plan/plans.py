@@ -7,6 +7,7 @@ It is plain Python so the workflow's decisions are tested without Snakemake.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 from pathlib import Path
@@ -14,7 +15,15 @@ from pathlib import Path
 from kpfmasters import __version__
 from kpfmasters.core.config import config_hash
 from kpfmasters.core.errors import InputError, KPFMastersError, NoPredecessorError
-from kpfmasters.core.naming import TRACE_CCDS, l1_name, master_name, trace_name, two_d_name
+from kpfmasters.core.naming import (
+    TRACE_CCDS,
+    l1_name,
+    l2_name,
+    master_name,
+    trace_name,
+    two_d_name,
+    wls_name,
+)
 from kpfmasters.core.products import product
 from kpfmasters.io.fits import atomic_output, check_complete, verify_checksums
 from kpfmasters.plan.night import scan_night
@@ -51,6 +60,7 @@ class Plans:
         self._unusable: dict[Path, str] = {}
         self._verified: dict[str, dict] | None = None  # loaded on first use
         self._no_trace_reported: set[str] = set()
+        self._no_wls_reported: set[str] = set()
 
     # -- paths -----------------------------------------------------------------------------
     def index_path(self, date: str) -> str:
@@ -261,7 +271,11 @@ class Plans:
 
     def l1_params(self, date: str) -> dict:
         """What an L1 product is made with (a change rebuilds it)."""
-        effective = {"l1": self.cfg["l1"], "wls": self.cfg["wls"], "traces": self.cfg["traces"]}
+        effective = {
+            "l1": self.cfg["l1"],
+            "wls": {"reference": self.cfg["wls"]["reference"]},
+            "traces": self.cfg["traces"],
+        }
         return canonical(
             {
                 "method": self.cfg["l1"]["method"],
@@ -294,9 +308,110 @@ class Plans:
         """The night's own trace files (when it makes a master flat)."""
         return list(self.own_traces(date).values()) if self.makes_flat(date) else []
 
+    # -- wavelength solutions and arclamp L2 --------------------------------------------------
+    def wls_kind(self, obj: str) -> str | None:
+        """``thar`` or ``lfc`` when an arclamp OBJECT matches the configured patterns (shell
+        patterns, case ignored; ThAr first), else None."""
+        low = obj.lower()
+        for kind in ("thar", "lfc"):
+            if any(
+                fnmatch.fnmatchcase(low, pat.lower()) for pat in self.cfg["wls"][f"{kind}_objects"]
+            ):
+                return kind
+        return None
+
+    def wls_sources(self, date: str) -> list[tuple[str, str, str]]:
+        """(tag, OBJECT, kind) of every arclamp master ``date`` makes whose OBJECT is a ThAr
+        or comb lamp and which has an L1 file; none without a reference solution (logged)."""
+        l1s = set(self.l1_targets(date))
+        out = []
+        for sel in self.plan(date).selections.values():
+            if sel.mtype != "arclamp" or sel.obj is None:
+                continue
+            kind = self.wls_kind(sel.obj)
+            master = self.master_path(date, "arclamp", sel.tag)
+            if kind is None or str(Path(master).with_name(l1_name(Path(master).name))) not in l1s:
+                continue
+            out.append((sel.tag, sel.obj, kind))
+        if out and not self.cfg["wls"]["reference"]:
+            if self.main_process and self.log and date not in self._no_wls_reported:
+                self.log.warning(
+                    f"no wavelength solutions or arclamp L2 for {date}: no reference solution "
+                    "(configuration key wls.reference) to serve as the prior"
+                )
+            self._no_wls_reported.add(date)
+            return []
+        return sorted(out)
+
+    def wls_path(self, date: str, tag: str) -> str:
+        return f"{self.cfg['masters_root']}/{date}/{wls_name(date, tag)}"
+
+    def l2_path(self, date: str, tag: str) -> str:
+        return f"{self.cfg['masters_root']}/{date}/{l2_name(date, tag)}"
+
+    def wls_targets(self, date: str) -> list[str]:
+        return [self.wls_path(date, tag) for tag, _, _ in self.wls_sources(date)]
+
+    def l2_targets(self, date: str) -> list[str]:
+        return [self.l2_path(date, tag) for tag, _, _ in self.wls_sources(date)]
+
+    def wls_source(self, date: str, tag: str) -> tuple[str, str, str]:
+        for source in self.wls_sources(date):
+            if source[0] == tag:
+                return source
+        raise KPFMastersError(f"arclamp {tag!r} of {date} has no wavelength solution to make")
+
+    def wls_prior(self, date: str, tag: str) -> list[str]:
+        """The prior of a solution as a rule input: for the comb, the night's first ThAr
+        solution (by OBJECT tag) when the night makes one; otherwise [] (the prior is the
+        arclamp L1's own WAVE, the reference solution)."""
+        _, _, kind = self.wls_source(date, tag)
+        if kind == "lfc":
+            thar = [t for t, _, k in self.wls_sources(date) if k == "thar"]
+            if thar:
+                return [self.wls_path(date, thar[0])]
+        return []
+
+    def wls_params(self, date: str, tag: str) -> dict:
+        """What a wavelength solution is made with (a change rebuilds it)."""
+        _, obj, kind = self.wls_source(date, tag)
+        settings = {k: v for k, v in self.cfg["wls"].items() if k != "reference"}
+        return canonical(
+            {
+                "kind": kind,
+                "object": obj,
+                "settings": settings,
+                "version": __version__,
+                "cfghash": config_hash(__version__, kind, settings),
+            }
+        )
+
+    def wls_linelist(self, date: str, tag: str) -> list[str]:
+        """The ThAr line list as a rule input of a ThAr solution ([] for the comb)."""
+        from kpfmasters.core.config import REPO_ROOT
+
+        _, _, kind = self.wls_source(date, tag)
+        if kind != "thar":
+            return []
+        path = Path(self.cfg["wls"]["thar_linelist"])
+        return [str(path if path.is_absolute() else REPO_ROOT / path)]
+
+    def wls_mem_mb(self, date: str, attempt: int = 1) -> int:
+        """A solution holds the L1 (2 x 15 images of orders x columns, float64), the line
+        windows and the fits: bench/bench_wls.py measures about 0.5 GB for a whole night."""
+        npix, _ = self._pixels(self.plan(date).frames)
+        return int((400 + 16 * npix / 2**20) * attempt)
+
     def night_products(self, date: str) -> list[str]:
-        """Everything the night's registration records: masters, trace files, L1 files."""
-        return self.night_targets(date) + self.trace_targets(date) + self.l1_targets(date)
+        """Everything the night's registration records: masters, trace files, L1 files,
+        wavelength solutions and arclamp L2 files."""
+        return (
+            self.night_targets(date)
+            + self.trace_targets(date)
+            + self.l1_targets(date)
+            + self.wls_targets(date)
+            + self.l2_targets(date)
+        )
 
     # -- targets ---------------------------------------------------------------------------
     def night_targets(self, date: str) -> list[str]:
@@ -340,6 +455,8 @@ class Plans:
             out.extend(masters)
             out.extend(self.trace_targets(date))
             out.extend(self.l1_targets(date))
+            out.extend(self.wls_targets(date))
+            out.extend(self.l2_targets(date))
             if masters:
                 out.append(f"{self.cfg['work_root']}/selection/{date}.txt")
                 if self.cfg["database"]["enabled"]:

@@ -19,26 +19,22 @@ and the same with ``VAR`` / ``WAVE``; then a ``TRACE`` table and an ``INPUTS`` t
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 
 from ..core.errors import InputError
-from . import drift, lfc, wls
+from . import drift, lfc, linefit, wls
+from .l1 import ext_name
 
 CHIPS = ("GREEN", "RED")
 ORDERLETS = ("SKY", "SCI1", "SCI2", "SCI3", "CAL")
-ORDERLET_SLOT = {"SCI1": ("SCI", "1"), "SCI2": ("SCI", "2"), "SCI3": ("SCI", "3"),
-                 "SKY": ("SKY", ""), "CAL": ("CAL", "")}  # fmt: skip
-MAX_ORDERLET_LEN = 4
 CHIP_KEY = {"GREEN": "G", "RED": "R"}
 
-
-def ext_name(chip: str, orderlet: str, kind: str) -> str:
-    """L1 extension of a CHIP's orderlet: kind FLUX, VAR or WAVE (``GREEN_SCI_WAVE2``)."""
-    fibre, number = ORDERLET_SLOT[orderlet]
-    return f"{chip}_{fibre}_{kind}{number}"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -237,6 +233,18 @@ def lines_table(results: dict, kind: str) -> fits.BinTableHDU:
     return hdu
 
 
+def inputs_table(rows: list[tuple[str, str, str]]) -> fits.BinTableHDU:
+    """``INPUTS`` (ROLE, FILENAME, MD5)."""
+    return fits.BinTableHDU.from_columns(
+        [
+            fits.Column(name, f"{max([1, *(len(r[i]) for r in rows)])}A",
+                        array=np.array([r[i] for r in rows]))
+            for i, name in enumerate(("ROLE", "FILENAME", "MD5"))
+        ],
+        name="INPUTS",
+    )  # fmt: skip
+
+
 def inputs_with(hdul: fits.HDUList, rows: list[tuple[str, str, str]], source: str):
     """The ``INPUTS`` table of ``hdul`` with (ROLE, FILENAME, MD5) rows appended."""
     try:
@@ -339,24 +347,51 @@ def wls_hdul(
     return hdul
 
 
+def lines_from_table(table, chip: str, stack: ChipStack):
+    """Rows of a ``WLS_LINES`` table of one CHIP as solver arrays.
+
+    Returns
+    -------
+    row : ndarray of int
+        Row of each line in ``stack`` (orderlet-major row stacks).
+    wave, x, x_err : ndarray
+    used : ndarray of bool
+    """
+    norders = int(np.max(stack.order)) + 1
+    sel = np.char.strip(np.asarray(table["CHIP"]).astype(str)) == chip
+    orderlet = np.char.strip(np.asarray(table["ORDERLET"]).astype(str))[sel]
+    order = np.asarray(table["ORDER"], dtype=np.int64)[sel]
+    index = {name: k for k, name in enumerate(ORDERLETS)}
+    row = np.array([index[o] * norders for o in orderlet], dtype=np.int64) + order
+    return (
+        row,
+        np.asarray(table["WAVE"], dtype=float)[sel],
+        np.asarray(table["X"], dtype=float)[sel],
+        np.asarray(table["X_ERR"], dtype=float)[sel],
+        np.asarray(table["USED"], dtype=bool)[sel],
+    )
+
+
 def l2_hdul(
     l1: fits.HDUList,
-    results: dict,
+    wls_file: fits.HDUList,
     inputs: list[tuple[str, str, str]] = (),
     source: str = "L1",
+    wls_source: str = "WLS",
 ) -> fits.HDUList:
-    """The arclamp's L2: drift of its lines against the L1's reference WAVE.
+    """The arclamp's L2: drift of its lines against the arclamp L1's reference WAVE.
 
     Parameters
     ----------
     l1 : HDUList
         The arclamp's L1: its WAVE images are the reference solution.
-    results : dict
-        :func:`solve_l1`'s result for this arclamp (its lines).
+    wls_file : HDUList
+        The arclamp's wavelength-solution file: the lines (``WLS_LINES``, those with
+        USED true) are measured against the reference.
     inputs : list of (ROLE, FILENAME, MD5)
         Rows of the ``INPUTS`` table (the L1 and the wavelength-solution file).
-    source : str
-        The L1's file name, for error messages.
+    source, wls_source : str
+        File names for error messages.
 
     Returns
     -------
@@ -364,49 +399,179 @@ def l2_hdul(
         PRIMARY (the L1's, with ``DRIFTG``, ``DRIFTR`` and their errors ``DRIFTGE``,
         ``DRIFTRE``, m/s), ``RV`` (CHIP, ORDER, ORDERLET, RV_MS, RV_ERR_MS, NLINES), INPUTS.
     """
-    chip_cols = {k: [] for k in ("CHIP", "ORDER", "ORDERLET", "RV_MS", "RV_ERR_MS", "NLINES")}
-    primary = fits.PrimaryHDU(header=l1[0].header.copy())
-    for chip, (stack, sol) in results.items():
-        reference = l1_stack(l1, chip, source).wave
-        good = sol.fits.flags == 0 if sol.fits is not None else np.ones(len(sol.line_row), bool)
-        d = drift.drift_rows(
-            len(stack.order), sol.line_row, sol.line_x, sol.line_xerr, sol.line_wave,
-            good & sol.line_used, reference,
-        )  # fmt: skip
-        chip_cols["CHIP"].extend([chip] * len(stack.order))
-        chip_cols["ORDER"].extend(int(o) for o in stack.order)
-        chip_cols["ORDERLET"].extend(stack.orderlet)
-        chip_cols["RV_MS"].extend(d.rv_ms.tolist())
-        chip_cols["RV_ERR_MS"].extend(d.rv_err_ms.tolist())
-        chip_cols["NLINES"].extend(int(n) for n in d.nlines)
+    if "WLS_LINES" not in wls_file:
+        raise InputError(wls_source, "has no extension WLS_LINES (a wavelength solution has)")
+    table = wls_file["WLS_LINES"].data
+    for column in ("CHIP", "ORDERLET", "ORDER", "WAVE", "X", "X_ERR", "USED"):
+        if column not in table.columns.names:
+            raise InputError(wls_source, f"table WLS_LINES has no column {column}")
+    cols = {k: [] for k in ("CHIP", "ORDER", "ORDERLET", "RV_MS", "RV_ERR_MS", "NLINES")}
+    header = l1[0].header.copy()
+    for key in ("SIMPLE", "BITPIX", "NAXIS", "EXTEND", "CHECKSUM", "DATASUM"):
+        header.remove(key, ignore_missing=True, remove_all=True)
+    primary = fits.PrimaryHDU(header=header)
+    for chip in CHIPS:
+        stack = l1_stack(l1, chip, source)
+        row, wave, x, x_err, used = lines_from_table(table, chip, stack)
+        d = drift.drift_rows(len(stack.order), row, x, x_err, wave, used, stack.wave)
+        cols["CHIP"].extend([chip] * len(stack.order))
+        cols["ORDER"].extend(int(o) for o in stack.order)
+        cols["ORDERLET"].extend(stack.orderlet)
+        cols["RV_MS"].extend(d.rv_ms.tolist())
+        cols["RV_ERR_MS"].extend(d.rv_err_ms.tolist())
+        cols["NLINES"].extend(int(n) for n in d.nlines)
         mean, err = drift.weighted_mean(d.rv_ms, d.rv_err_ms)
         key = CHIP_KEY[chip]
-        primary.header[f"DRIFT{key}"] = (
-            _finite_or_none(mean),
-            f"{chip} drift vs reference WAVE (m/s)",
-        )
+        primary.header[f"DRIFT{key}"] = (_finite_or_none(mean), f"{chip} drift vs reference (m/s)")
         primary.header[f"DRIFT{key}E"] = (_finite_or_none(err), f"error of DRIFT{key} (m/s)")
     rv = fits.BinTableHDU.from_columns(
         [
-            fits.Column("CHIP", "5A", array=np.array(chip_cols["CHIP"], dtype="U5")),
-            fits.Column("ORDER", "I", array=np.array(chip_cols["ORDER"], dtype=np.int16)),
-            fits.Column("ORDERLET", "4A", array=np.array(chip_cols["ORDERLET"], dtype="U4")),
-            fits.Column("RV_MS", "D", unit="m/s", array=np.array(chip_cols["RV_MS"])),
-            fits.Column("RV_ERR_MS", "D", unit="m/s", array=np.array(chip_cols["RV_ERR_MS"])),
-            fits.Column("NLINES", "J", array=np.array(chip_cols["NLINES"], dtype=np.int32)),
+            fits.Column("CHIP", "5A", array=np.array(cols["CHIP"], dtype="U5")),
+            fits.Column("ORDER", "I", array=np.array(cols["ORDER"], dtype=np.int16)),
+            fits.Column("ORDERLET", "4A", array=np.array(cols["ORDERLET"], dtype="U4")),
+            fits.Column("RV_MS", "D", unit="m/s", array=np.array(cols["RV_MS"])),
+            fits.Column("RV_ERR_MS", "D", unit="m/s", array=np.array(cols["RV_ERR_MS"])),
+            fits.Column("NLINES", "J", array=np.array(cols["NLINES"], dtype=np.int32)),
         ],
         name="RV",
     )
     rv.header["COMMENT"] = "RV_MS: c*(lambda_ref(X)-lambda_line)/lambda_line, weighted mean"
-    rows = list(inputs) or [("l1", source, "")]
-    table = fits.BinTableHDU.from_columns(
-        [
-            fits.Column("ROLE", f"{max(len(r[0]) for r in rows)}A",
-                        array=np.array([r[0] for r in rows])),
-            fits.Column("FILENAME", f"{max(len(r[1]) for r in rows)}A",
-                        array=np.array([r[1] for r in rows])),
-            fits.Column("MD5", "32A", array=np.array([r[2] for r in rows])),
-        ],
-        name="INPUTS",
-    )  # fmt: skip
-    return fits.HDUList([primary, rv, table])
+    return fits.HDUList([primary, rv, inputs_table(list(inputs) or [("l1", source, "")])])
+
+
+# --------------------------------------------------------------------------- file jobs
+
+
+@dataclass
+class WlsJob:
+    """One wavelength solution: the arclamp's L1, its kind (``thar``/``lfc``), the prior
+    file ('' for the L1's own WAVE, the reference), the ThAr line list, and the settings
+    (configuration section ``wls``)."""
+
+    l1: str
+    output: str
+    kind: str
+    settings: dict
+    prior: str = ""
+    linelist: str = ""
+
+
+def settings_from_config(cfg: dict) -> tuple[wls.TharSettings, lfc.LfcSettings]:
+    """Solver settings from the configuration section ``wls``."""
+    line = cfg["line"]
+    fit = linefit.LineFitSettings(
+        sigma_guess=line["sigma_guess"],
+        sigma_range=(line["sigma_min"], line["sigma_max"]),
+        min_snr=line["min_snr"],
+        max_chi2red=line["max_chi2red"],
+        saturation=line["saturation"],
+    )
+
+    def solve(section):
+        return wls.SolveSettings(
+            max_degree=section["max_degree"],
+            lines_per_degree=section["lines_per_degree"],
+            min_lines=section["min_lines"],
+            clip_nsigma=cfg["clip_nsigma"],
+            clip_iterations=cfg["clip_iterations"],
+            min_coverage=section["min_coverage"],
+        )
+
+    thar = wls.TharSettings(
+        half_window=cfg["thar"]["half_window_px"],
+        max_offset=cfg["thar"]["max_offset_px"],
+        blend_px=cfg["thar"]["blend_px"],
+        line=fit,
+        solve=solve(cfg["thar"]),
+    )
+    comb = lfc.LfcSettings(
+        half_window=cfg["lfc"]["half_window_spacing"],
+        max_offset=cfg["lfc"]["max_offset_spacing"],
+        max_shift=cfg["lfc"]["max_shift_modes"],
+        line=fit,
+        solve=solve(cfg["lfc"]),
+    )
+    return thar, comb
+
+
+def _open(path: str | Path) -> fits.HDUList:
+    try:
+        return fits.open(path, memmap=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"is not a readable FITS file ({exc})") from None
+
+
+def build_wls(job: WlsJob) -> dict:
+    """Make the wavelength-solution file of ``job``; return a summary per CHIP."""
+    from kpfmasters.io.fits import write_fits
+
+    from .l1 import md5_file
+
+    thar_settings, lfc_settings = settings_from_config(job.settings)
+    with _open(job.l1) as l1:
+        hdr = l1[0].header
+        reference = str(hdr.get("WLSFILE", "") or "")
+        prior_name = Path(job.prior).name if job.prior else reference or Path(job.l1).name
+        prior = _open(job.prior) if job.prior else l1
+        try:
+            inputs = [("wls_prior", prior_name, md5_file(job.prior) if job.prior else "")]
+            keywords = {}
+            if job.kind == "thar":
+                catalogue = wls.read_linelist(job.linelist)
+                inputs.append(("linelist", Path(job.linelist).name, md5_file(job.linelist)))
+                results = solve_l1(l1, prior, "thar", catalogue=catalogue,
+                                   thar_settings=thar_settings, source=job.l1)  # fmt: skip
+                keywords["WLSLIST"] = (Path(job.linelist).name, "ThAr line list")
+            else:
+                f0, frep, origin = lfc.comb_parameters(
+                    hdr, job.settings["lfc_f0_hz"], job.settings["lfc_frep_hz"]
+                )
+                log.info("comb f0 %.6g Hz, f_rep %.6g Hz (from the %s)", f0, frep, origin)
+                results = solve_l1(l1, prior, "lfc", f0=f0, frep=frep,
+                                   lfc_settings=lfc_settings, source=job.l1)  # fmt: skip
+                keywords["LFCF0"] = (f0, "comb offset frequency used (Hz)")
+                keywords["LFCFREP"] = (frep, "comb repetition frequency used (Hz)")
+            inputs.insert(0, ("l1", Path(job.l1).name, md5_file(job.l1)))
+            hdul = wls_hdul(l1, results, job.kind, prior_name, inputs[1:], job.l1, keywords)
+            write_fits(hdul, job.output)
+        finally:
+            if prior is not l1:
+                prior.close()
+    summary = {}
+    for chip, (stack, sol) in results.items():
+        summary[chip] = {
+            "rows": len(sol.status),
+            "fitted": sum(s == wls.STATUS_FIT for s in sol.status),
+            "prior": [lab for lab, s, w in zip(stack.labels(), sol.status, stack.wave,
+                                               strict=True)
+                      if s != wls.STATUS_FIT and np.isfinite(w).any()],
+            "median_rms_ms": median_rms(sol),
+            "lines": int(np.sum(sol.fits.flags == 0)),
+        }  # fmt: skip
+    return summary
+
+
+@dataclass
+class L2Job:
+    """One arclamp L2: the arclamp's L1 (the reference WAVE) and its wavelength solution."""
+
+    l1: str
+    wls: str
+    output: str
+
+
+def build_l2(job: L2Job) -> dict:
+    """Make the arclamp L2 file of ``job``; return DRIFTG, DRIFTR and their errors."""
+    from kpfmasters.io.fits import write_fits
+
+    from .l1 import md5_file
+
+    with _open(job.l1) as l1, _open(job.wls) as solution:
+        inputs = [
+            ("l1", Path(job.l1).name, md5_file(job.l1)),
+            ("wls", Path(job.wls).name, md5_file(job.wls)),
+        ]
+        hdul = l2_hdul(l1, solution, inputs, job.l1, job.wls)
+        write_fits(hdul, job.output)
+        hdr = hdul[0].header
+        return {k: hdr[k] for k in ("DRIFTG", "DRIFTGE", "DRIFTR", "DRIFTRE")}
