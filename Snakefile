@@ -20,6 +20,8 @@ include: "rules/flat.smk"
 include: "rules/arclamp.smk"
 include: "rules/traces.smk"
 include: "rules/l1.smk"
+include: "rules/wls.smk"
+include: "rules/l2.smk"
 include: "rules/night.smk"
 include: "rules/qa.smk"
 

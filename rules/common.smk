@@ -182,3 +182,22 @@ def trace_mem_mb(wildcards, attempt):
 
 def l1_mem_mb(wildcards, attempt):
     return PLANS.l1_mem_mb(wildcards.date, attempt)
+
+
+# -- wavelength solutions and arclamp L2 (rules/wls.smk, rules/l2.smk) -----------------------
+def wls_prior(wildcards):
+    """Input function: the prior of a comb solution (the night's ThAr solution), or []."""
+    return PLANS.wls_prior(wildcards.date, wildcards.tag)
+
+
+def wls_linelist(wildcards):
+    """Input function: the ThAr line list of a ThAr solution ([] for the comb)."""
+    return PLANS.wls_linelist(wildcards.date, wildcards.tag)
+
+
+def wls_params(wildcards):
+    return PLANS.wls_params(wildcards.date, wildcards.tag)
+
+
+def wls_mem_mb(wildcards, attempt):
+    return PLANS.wls_mem_mb(wildcards.date, attempt)

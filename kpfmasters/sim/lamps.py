@@ -376,3 +376,83 @@ def solution_error_limit(
     ac = legendre.legvander(tc, degree)
     var = np.einsum("ci,ij,cj->c", ac, cov, ac)
     return float(np.sqrt(np.mean(var * (C_MS / wave_row) ** 2)))
+
+
+# --------------------------------------------------------------------------- simulated nights
+
+THAR_RELATIVE_FLUX = (1.0, 300.0)  # ThAr line strengths, log-uniform (2.5 decades)
+NIGHT_CATALOGUE_ERROR_MS = 3.0  # catalogue errors of a simulated night's ThAr list
+
+
+def lamp_kind(obj: str) -> str | None:
+    """``thar`` or ``lfc`` when an arc lamp's OBJECT names one (``...thar...``,
+    ``...lfc...``, case ignored), else None (a lamp of random lines)."""
+    low = obj.lower()
+    if "thar" in low:
+        return "thar"
+    if "lfc" in low:
+        return "lfc"
+    return None
+
+
+def shipped_linelist() -> np.ndarray:
+    """The ThAr line list shipped with kpf-masters (vacuum Angstrom, ascending)."""
+    from importlib import resources
+
+    path = resources.files("kpfmasters") / "data" / "thar_vacuum_lines.txt"
+    rows = [r.split("#", 1)[0].split() for r in path.read_text().splitlines()]
+    return np.sort(np.array([float(r[0]) for r in rows if r]))
+
+
+def lamp_light(
+    obj: str,
+    wave: np.ndarray,
+    order: np.ndarray,
+    rng: np.random.Generator,
+    dark_fraction: float = 12 / 35,
+) -> tuple[np.ndarray, LampLines] | None:
+    """Per-trace light of a ThAr or comb lamp (relative units), or None for other lamps.
+
+    Parameters
+    ----------
+    obj : str
+        The lamp's OBJECT.
+    wave : ndarray, shape (ntraces, ncol)
+        True lambda(x) of each trace (Angstrom).
+    order : ndarray of int, shape (ntraces,)
+        Order index of each trace (0 = the bluest).
+    rng : numpy.random.Generator
+    dark_fraction : float
+        Comb: this fraction of the bluest orders of GREEN (at least one) gets no light, as
+        KPF's 12 of 35; a CCD whose orders all lie redward of ``dark_below`` is lit
+        throughout. Applied only when the bluest order is bluer than 6000 A (GREEN).
+
+    Returns
+    -------
+    light : ndarray, shape (ntraces, ncol)
+        Relative flux per column (the brightest pixel is 1).
+    lines : LampLines
+        The lamp's lines; ``catalogue`` is what the pipeline is handed (ThAr: the shipped
+        list's lines and the extra ones, with ``NIGHT_CATALOGUE_ERROR_MS`` errors and a few
+        spurious entries; comb: the exact modes).
+    """
+    kind = lamp_kind(obj)
+    if kind is None:
+        return None
+    nrows, ncol = wave.shape
+    sigma = line_sigma(nrows, ncol, rng)
+    if kind == "thar":
+        lines = thar_lines(
+            shipped_linelist(), wave, rng, catalogue_error_ms=NIGHT_CATALOGUE_ERROR_MS,
+            flux_range=THAR_RELATIVE_FLUX,
+        )  # fmt: skip
+    else:
+        dark_below = 0.0
+        if np.nanmin(wave) < 6000.0:
+            n_orders = int(order.max()) + 1
+            k = max(1, int(round(dark_fraction * n_orders)))
+            dark_below = float(np.nanmax(wave[order < k]))
+        lines = lfc_lines(wave, rng, dark_below=dark_below, peak_flux=1.0)
+    placed = place_lines(wave, lines, sigma, np.ones(nrows))
+    light = render((nrows, ncol), placed)
+    return light / max(float(light.max()), 1e-30), lines

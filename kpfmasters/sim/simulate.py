@@ -159,6 +159,11 @@ class SimulatedNight:
         return sorted(picked, key=lambda f: (f.mjd_obs, f.name))
 
     @property
+    def thar_linelist_path(self) -> Path:
+        """The ThAr line list of the night's ThAr lamps (``wls.thar_linelist``)."""
+        return self.out / "thar_linelist.txt"
+
+    @property
     def wls_reference_path(self) -> Path:
         """The reference wavelength solution the simulator writes (``wls.reference``)."""
         return self.out / "wls_reference.fits"
@@ -466,6 +471,26 @@ def frame_hdul(night, frame, images: dict, compress: bool) -> fits.HDUList:
     return fits.HDUList(hdus)
 
 
+def write_thar_linelist(night: SimulatedNight) -> Path | None:
+    """``<out>/thar_linelist.txt``: the line list of the night's ThAr lamps (both CCDs), for
+    the configuration key ``wls.thar_linelist``; None when the night has no ThAr lamp."""
+    waves = [
+        cat
+        for ccd in CCD_NAMES
+        for cat in (night.ccds[ccd].spectrograph.catalogues or {}).values()
+    ]
+    if not waves:
+        return None
+    values = np.unique(np.concatenate(waves))
+    text = "# Simulated ThAr line list: vacuum Angstrom (kpfmasters simulate)\n" + "".join(
+        f"{v:.6f}\n" for v in values
+    )
+    path = night.thar_linelist_path
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(text)
+    return path
+
+
 def write_reference_wls(night: SimulatedNight) -> Path:
     """``<out>/wls_reference.fits``: the reference wavelength solution of the night's
     spectrograph (KPF L1 WAVE extensions), for the configuration key ``wls.reference``."""
@@ -566,6 +591,7 @@ def simulate_night(
     night.l0_dir.mkdir(parents=True, exist_ok=True)
     write_order_mask(night)
     write_reference_wls(night)
+    write_thar_linelist(night)
     save_truth_arrays(night)
     workers = workers or min(2, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:

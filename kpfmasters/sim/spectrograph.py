@@ -54,7 +54,9 @@ class Spectrograph:
     covers; ``fiber`` orderlet names; ``order`` 0-based order index; ``echelle`` the echelle
     order number per trace; ``wave`` (n, size) vacuum Angstrom; ``lamp`` (n, size) the flat
     lamp's light of each trace, e-/s per column before PRNU (all rows, no scattered light);
-    ``arcs`` OBJECT -> (n, size) the same for each arc lamp.
+    ``arcs`` OBJECT -> (n, size) the same for each arc lamp; ``catalogues`` OBJECT -> the
+    line list handed to the pipeline for a ThAr lamp (vacuum Angstrom, see
+    :func:`kpfmasters.sim.lamps.lamp_light`).
     """
 
     name: str
@@ -70,6 +72,7 @@ class Spectrograph:
     wave: np.ndarray = None
     lamp: np.ndarray = None
     arcs: dict[str, np.ndarray] = field(default_factory=dict)
+    catalogues: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -292,17 +295,21 @@ def kpf_light(spec: Spectrograph, objects: list[str], seed: int, rng: np.random.
     k = np.array([ORDERLETS.index(f) for f in spec.fiber])
     for obj in objects:
         arng = st.rng_for(seed, 2, ccd, st.stable_id(obj))
-        lines = st.arc_lines(obj, spec.n_orders, size, arng)
-        offsets = np.arange(-6, 7)
-        cols = np.floor(lines[:, 1]).astype(np.int64)[:, None] + offsets[None, :]
-        dx = cols - lines[:, 1][:, None]
-        w = lines[:, 2][:, None] * (ndtr((dx + 0.5) / 1.1) - ndtr((dx - 0.5) / 1.1))
-        ok = (cols >= 0) & (cols < size)
-        order = lines[:, 0].astype(np.int64)
-        flat = (order[:, None] * size + cols)[ok]
-        per_order = np.bincount(flat, weights=w[ok], minlength=spec.n_orders * size)
-        per_order = per_order.reshape(spec.n_orders, size)
-        amp = per_order[spec.order] * st.orderlet_weights(obj)[k][:, None]
+        lamp_lines = lamp_light(obj, spec, arng)
+        if lamp_lines is not None:
+            amp = lamp_lines * st.orderlet_weights(obj)[k][:, None]
+        else:
+            lines = st.arc_lines(obj, spec.n_orders, size, arng)
+            offsets = np.arange(-6, 7)
+            cols = np.floor(lines[:, 1]).astype(np.int64)[:, None] + offsets[None, :]
+            dx = cols - lines[:, 1][:, None]
+            w = lines[:, 2][:, None] * (ndtr((dx + 0.5) / 1.1) - ndtr((dx - 0.5) / 1.1))
+            ok = (cols >= 0) & (cols < size)
+            order = lines[:, 0].astype(np.int64)
+            flat = (order[:, None] * size + cols)[ok]
+            per_order = np.bincount(flat, weights=w[ok], minlength=spec.n_orders * size)
+            per_order = per_order.reshape(spec.n_orders, size)
+            amp = per_order[spec.order] * st.orderlet_weights(obj)[k][:, None]
         arc = render_slits(spec, amp)
         scale = st.ARC_PEAK / arc.max()
         arc *= scale
@@ -313,6 +320,23 @@ def kpf_light(spec: Spectrograph, objects: list[str], seed: int, rng: np.random.
 
 
 # --------------------------------------------------------------------------- storage
+
+
+def lamp_light(obj: str, spec: Spectrograph, rng: np.random.Generator):
+    """Per-trace light (n, size) of a ThAr or comb lamp at the true wavelengths, relative
+    (throughput per orderlet included), or None for a lamp of random lines; a ThAr lamp's
+    catalogue is kept in ``spec.catalogues``."""
+    from kpfmasters.sim import lamps
+    from kpfmasters.sim import truth as st
+
+    made = lamps.lamp_light(obj, spec.wave, spec.order, rng)
+    if made is None:
+        return None
+    light, lines = made
+    if lamps.lamp_kind(obj) == "thar":
+        spec.catalogues[obj] = lines.catalogue
+    k = np.array([ORDERLETS.index(f) for f in spec.fiber])
+    return light * st.ORDERLET_THROUGHPUT[k][:, None]
 
 
 def save_spectrograph(spec: Spectrograph, directory: Path) -> dict:

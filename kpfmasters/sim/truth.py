@@ -252,14 +252,27 @@ def arc_lines(obj: str, n_orders: int, size: int, rng) -> np.ndarray:
     return np.column_stack([order, x, strength])
 
 
-def arc_rate(obj: str, lines: np.ndarray, profile: TraceProfile, shape, rng, trace_flux=None):
+def arc_rate(
+    obj: str, lines: np.ndarray, profile: TraceProfile, shape, rng, trace_flux=None, light=None
+):
     """Arc-lamp rate (e-/s, before PRNU), (size, size) float32: compact spots on the traces.
 
     Each line is a Gaussian along x (sigma 1.1 px) times the orderlet cross-profile; the
     brightest pixel is ``ARC_PEAK``, plus faint smooth scattered light. A list ``trace_flux``
-    receives each trace's light per column (n_traces, size), e-/s before PRNU.
+    receives each trace's light per column (n_traces, size), e-/s before PRNU. ``light``
+    (n_traces, size), when given, is the lamp's relative light per trace instead of
+    ``lines`` (ThAr and comb lamps at their true wavelengths, :mod:`kpfmasters.sim.lamps`).
     """
     n_orders, size = shape
+    if light is not None:
+        amplitude = np.asarray(light) * np.tile(orderlet_weights(obj), n_orders)[:, None]
+        image = render(profile, amplitude)
+        scale = ARC_PEAK / image.max()
+        image *= scale
+        if trace_flux is not None:
+            trace_flux.append(amplitude * scale)
+        image += ARC_SCATTERED_FRACTION * ARC_PEAK * smooth_field((size, size), rng)
+        return image.astype(np.float32)
     offsets = np.arange(-6, 7)
     order = lines[:, 0].astype(np.int64)
     cols = np.floor(lines[:, 1]).astype(np.int64)[:, None] + offsets[None, :]
@@ -386,8 +399,9 @@ def make_ccd_truth(
         for obj in objects:
             arng = rng_for(seed, 2, ccd, stable_id(obj))
             lines = arc_lines(obj, n_orders, size, arng)
+            light = sg.lamp_light(obj, spec, arng)
             spectra = []
-            arcs[obj] = arc_rate(obj, lines, profile, (n_orders, size), arng, spectra)
+            arcs[obj] = arc_rate(obj, lines, profile, (n_orders, size), arng, spectra, light)
             spec.arcs[obj] = spectra[0].astype(np.float32)
         mask = order_mask(profile)
     else:

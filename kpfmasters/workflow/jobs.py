@@ -93,3 +93,57 @@ def run_l1(smk) -> dict:
         summary = build_l1(job)
         log.info("orders per CHIP: %s", summary["orders"])
         return summary
+
+
+def run_wls(smk) -> dict:
+    """The wavelength solution of one arclamp inside a Snakemake job (rule wls_master)."""
+    from kpfmasters.science.wlsproducts import WlsJob, build_wls
+
+    with script_logging(smk.log[0]) as log:
+        import numba
+
+        numba.set_num_threads(max(1, min(int(smk.threads), numba.config.NUMBA_NUM_THREADS)))
+        params = smk.params.wls
+        job = WlsJob(
+            l1=str(smk.input.l1),
+            output=str(smk.output[0]),
+            kind=params["kind"],
+            settings=params["settings"],
+            prior=str(smk.input.prior[0]) if len(smk.input.prior) else "",
+            linelist=str(smk.input.linelist[0]) if len(smk.input.linelist) else "",
+        )
+        log.info(
+            "%s solution of %s (OBJECT %r), prior %s",
+            job.kind,
+            job.l1,
+            params["object"],
+            job.prior or "the L1's own WAVE (the reference solution)",
+        )
+        summary = build_wls(job)
+        for chip, info in summary.items():
+            log.info(
+                "%s: %d of %d orders x orderlets fitted, %d lines, median RMS %.2f m/s",
+                chip,
+                info["fitted"],
+                info["rows"],
+                info["lines"],
+                info["median_rms_ms"],
+            )
+        return summary
+
+
+def run_l2(smk) -> dict:
+    """The drift table (L2) of one arclamp inside a Snakemake job (rule l2_arclamp)."""
+    from kpfmasters.science.wlsproducts import L2Job, build_l2
+
+    with script_logging(smk.log[0]) as log:
+        job = L2Job(l1=str(smk.input.l1), wls=str(smk.input.wls), output=str(smk.output[0]))
+        summary = build_l2(job)
+        log.info(
+            "drift against the reference: GREEN %s +- %s m/s, RED %s +- %s m/s",
+            summary["DRIFTG"],
+            summary["DRIFTGE"],
+            summary["DRIFTR"],
+            summary["DRIFTRE"],
+        )
+        return summary
