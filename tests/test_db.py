@@ -338,6 +338,51 @@ def test_register_traces_at_level_0_and_l1_at_level_1(conn, tmp_path):
     assert all_rows(conn) == before
 
 
+def test_register_wavelength_solutions_at_level_1_and_l2_at_level_2(conn, tmp_path):
+    """A ThAr arclamp's WLS file (caltype wls) and drift table (level 2), made by the
+    product's own writers from its L1 (this tiny one has no lines: every order keeps the
+    prior), register with the arclamp's object; a removed L2 loses its row."""
+    from kpfmasters.io.fits import write_fits
+    from kpfmasters.science.l1 import L1Job, build_l1
+    from kpfmasters.science.wlsproducts import l2_hdul, solve_l1, wls_hdul
+
+    obj = "autocal-thar-all-morn"
+    write_master(tmp_path, "20230606", "bias", nframes=9)
+    write_master(tmp_path, "20230606", "flat", nframes=12)
+    arc = write_master(tmp_path, "20230606", "arclamp", obj=obj, nframes=5)
+    csvs, _ = write_traces_and_l1(tmp_path, "20230606")
+    l1 = arc.with_name(arc.name.replace(".fits", "_L1.fits"))
+    traces = {ccd: str(p) for ccd, p in zip(("GREEN_CCD", "RED_CCD"), csvs, strict=True)}
+    build_l1(L1Job(str(arc), str(l1), traces))
+    with fits.open(l1) as hdul:
+        results = solve_l1(hdul, hdul, "thar", catalogue=np.array([5000.0]))
+        solution = wls_hdul(hdul, results, "thar", "reference.fits")
+        wls = write_fits(solution, tmp_path / "20230606" / f"kpf_20230606_master_WLS_{obj}_L1.fits")
+        l2 = write_fits(
+            l2_hdul(hdul, solution),
+            tmp_path / "20230606" / f"kpf_20230606_master_arclamp_{obj}_L2.fits",
+        )
+    rows = register_night(conn, tmp_path, "20230606")
+    got = {(r["level"], r["caltype"], r["object"]): r for r in rows}
+    assert got[1, "wls", obj]["filename"] == str(wls)
+    assert got[1, "wls", obj]["nframes"] == 5 and got[1, "wls", obj]["contentbits"] == 3
+    assert got[1, "arclamp", obj]["filename"] == str(l1)
+    assert got[2, "arclamp", obj]["filename"] == str(l2)
+    assert got[2, "arclamp", obj]["checksum"] == md5(l2)
+    l2.unlink()
+    report = register_night_report(conn, tmp_path, "20230606")
+    assert [r["filename"] for r in report.removed] == [str(l2)]
+    # a WLS file whose OBJECT does not belong to its name stops the night unchanged
+    with fits.open(wls, mode="update") as hdul:
+        hdul[0].header["OBJECT"] = "autocal-etalon-all"
+    before = all_rows(conn)
+    with pytest.raises(
+        InputError, match="master_WLS_autocal-thar-all-morn_L1.fits: PRIMARY OBJECT"
+    ):
+        register_night(conn, tmp_path, "20230606")
+    assert all_rows(conn) == before
+
+
 def test_register_twice_gives_identical_rows(conn, tmp_path):
     for mtype in ("bias", "dark", "flat"):
         write_master(tmp_path, "20230606", mtype)

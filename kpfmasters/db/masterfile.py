@@ -3,8 +3,11 @@
 A night's 2D masters are ``<masters_root>/<date>/kpf_<date>_master_<type>.fits`` (level 0),
 their 1D spectra ``kpf_<date>_master_<type>_L1.fits`` (level 1, caltype and object of the 2D
 master) and the order traces of its master flat ``kpf_<date>_master_flat_<CCD>.csv`` (level
-0, caltype ``ordertrace``, object ``green_ccd``/``red_ccd``). Other files there are ignored
-with a log line: L2 products, names of another night, hidden temporary files.
+0, caltype ``ordertrace``, object ``green_ccd``/``red_ccd``); the wavelength solutions
+``kpf_<date>_master_WLS_<tag>_L1.fits`` (level 1, caltype ``wls``, object the arclamp's) and
+the arclamp drift tables ``kpf_<date>_master_arclamp_<tag>_L2.fits`` (level 2, caltype
+``arclamp``, object the arclamp's). Other files there are ignored: names of another night,
+hidden temporary files.
 """
 
 from __future__ import annotations
@@ -22,7 +25,13 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 from kpfmasters.core.errors import InputError
 from kpfmasters.core.instrument import CCD_BIT
-from kpfmasters.core.naming import MASTER_NAME_RE, TRACE_NAME_RE, object_tag
+from kpfmasters.core.naming import (
+    L2_NAME_RE,
+    MASTER_NAME_RE,
+    TRACE_NAME_RE,
+    WLS_NAME_RE,
+    object_tag,
+)
 from kpfmasters.core.products import product
 from kpfmasters.db.errors import NightError
 
@@ -31,7 +40,9 @@ log = logging.getLogger(__name__)
 CONTENT_BITS = {ext: 1 << bit for ext, bit in CCD_BIT.items()}
 LEVEL_2D = 0
 LEVEL_L1 = 1
+LEVEL_L2 = 2
 TRACE_CALTYPE = "ordertrace"
+WLS_CALTYPE = "wls"
 _PRODUCT_SUFFIXES = ("_L1", "_L2")
 _CHUNK = 1 << 20
 
@@ -271,4 +282,89 @@ def read_trace_file(path: str | Path, flat: MasterInfo | None) -> MasterInfo:
         infobits=0,
         checksum=checksum,
         level=LEVEL_2D,
+    )
+
+
+def _night_matches(masters_root: str | Path, date: str, pattern) -> list[Path]:
+    night_dir = Path(os.path.abspath(masters_root)) / date
+    if not night_dir.is_dir():
+        return []
+    return [
+        entry
+        for entry in sorted(night_dir.iterdir())
+        if (m := pattern.match(entry.name)) and m.group("date") == date and entry.is_file()
+    ]
+
+
+def night_wls_files(masters_root: str | Path, date: str) -> list[Path]:
+    """The night's wavelength solutions (``kpf_<date>_master_WLS_<tag>_L1.fits``), sorted."""
+    return _night_matches(masters_root, date, WLS_NAME_RE)
+
+
+def night_l2_files(masters_root: str | Path, date: str) -> list[Path]:
+    """The night's arclamp drift tables (``kpf_<date>_master_arclamp_<tag>_L2.fits``)."""
+    return _night_matches(masters_root, date, L2_NAME_RE)
+
+
+def _arclamp_product(path: Path, pattern, what: str, caltype: str, level: int, needed: str):
+    """``calfiles`` fields of an arclamp's WLS or L2 file: the arclamp's object, frames and
+    MJD range (from the PRIMARY header it copies); ``needed`` an extension it must hold."""
+    match = pattern.match(path.name)
+    if not match:
+        raise InputError(path, f"name is not {what}")
+    headers = _open_headers(path)
+    primary = headers[0]
+    imtype = str(primary.get("IMTYPE", ""))
+    if imtype.lower() != product("arclamp").imtype.lower():
+        raise InputError(
+            path, f"PRIMARY IMTYPE = {imtype!r}, expected {product('arclamp').imtype!r}"
+        )
+    raw_object = _keyword(path, primary, "OBJECT", str)
+    if object_tag(raw_object) != match.group("tag"):
+        raise InputError(
+            path,
+            f"PRIMARY OBJECT = {raw_object!r} belongs in a file of tag {object_tag(raw_object)}",
+        )
+    names = [str(h.get("EXTNAME", "")).upper() for h in headers[1:]]
+    if needed not in names:
+        raise InputError(path, f"has no extension {needed}")
+    contentbits = 0
+    for name in names:
+        contentbits |= CONTENT_BITS.get(name.split("_")[0] + "_CCD", 0)
+    if needed == "RV":
+        contentbits = CONTENT_BITS["GREEN_CCD"] | CONTENT_BITS["RED_CCD"]
+    try:
+        checksum = md5_file(path)
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror})") from None
+    return MasterInfo(
+        path=path,
+        caltype=caltype,
+        object=raw_object.lower(),
+        raw_object=raw_object,
+        contentbits=contentbits,
+        nframes=_keyword(path, primary, "NFRAMES", int),
+        minmjd=_keyword(path, primary, "MINMJD", float),
+        maxmjd=_keyword(path, primary, "MAXMJD", float),
+        infobits=_keyword(path, primary, "INFOBITS", int),
+        checksum=checksum,
+        level=level,
+    )
+
+
+def read_wls(path: str | Path) -> MasterInfo:
+    """``calfiles`` fields of a wavelength solution: level 1, caltype ``wls``, the arclamp's
+    object; :class:`InputError` names the file and the problem."""
+    path = Path(os.path.abspath(path))
+    return _arclamp_product(
+        path, WLS_NAME_RE, "kpf_<date>_master_WLS_<tag>_L1.fits", WLS_CALTYPE, LEVEL_L1,
+        "WLS_ORDERS",
+    )  # fmt: skip
+
+
+def read_l2(path: str | Path) -> MasterInfo:
+    """``calfiles`` fields of an arclamp drift table: level 2, caltype ``arclamp``."""
+    path = Path(os.path.abspath(path))
+    return _arclamp_product(
+        path, L2_NAME_RE, "kpf_<date>_master_arclamp_<tag>_L2.fits", "arclamp", LEVEL_L2, "RV"
     )

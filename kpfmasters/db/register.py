@@ -1,6 +1,7 @@
-"""Registering a night's masters: the night's level-0 and level-1 ``calfiles`` rows become
-exactly the products on disk, in one transaction: the 2D masters and the order-trace files
-(level 0, caltype ``ordertrace``) and the L1 files (level 1).
+"""Registering a night's masters: the night's level-0, level-1 and level-2 ``calfiles`` rows
+become exactly the products on disk, in one transaction: the 2D masters and the order-trace
+files (level 0, caltype ``ordertrace``), the L1 files and the wavelength solutions (level 1,
+caltype ``wls``), and the arclamp drift tables (level 2).
 
 Every file is read and checksummed before the database is touched, so an unreadable or
 invalid file stops the registration with nothing changed and an error naming the file. A
@@ -27,14 +28,19 @@ from kpfmasters.db.errors import DatabaseError
 from kpfmasters.db.masterfile import (
     LEVEL_2D,
     LEVEL_L1,
+    LEVEL_L2,
     MasterInfo,
     night_l1_files,
+    night_l2_files,
     night_master_files,
     night_trace_files,
+    night_wls_files,
     parse_night,
     read_l1,
+    read_l2,
     read_master,
     read_trace_file,
+    read_wls,
 )
 from kpfmasters.db.schema import check_schema
 from kpfmasters.db.transaction import transaction
@@ -42,7 +48,7 @@ from kpfmasters.db.transaction import transaction
 log = logging.getLogger(__name__)
 
 STATUS_GOOD = 1
-LEVELS = (LEVEL_2D, LEVEL_L1)  # the levels a night's registration makes exact
+LEVELS = (LEVEL_2D, LEVEL_L1, LEVEL_L2)  # the levels a night's registration makes exact
 # pg_advisory_xact_lock(class, night): one registration of a night at a time.
 _LOCK_CLASS = 0x6B70_6672  # "kpfr"
 
@@ -160,13 +166,15 @@ def register_night_report(
     comment: str | None = None,
     createdby: str | None = None,
 ) -> Registration:
-    """Make the night's level-0 and level-1 rows exactly its products on disk; see the
+    """Make the night's level-0, 1 and 2 rows exactly its products on disk; see the
     module docstring."""
     night = parse_night(date)
     infos = [read_master(path) for path in night_master_files(masters_root, date)]
     flat = next((i for i in infos if i.caltype == "flat"), None)
     infos += [read_trace_file(path, flat) for path in night_trace_files(masters_root, date)]
     infos += [read_l1(path) for path in night_l1_files(masters_root, date)]
+    infos += [read_wls(path) for path in night_wls_files(masters_root, date)]
+    infos += [read_l2(path) for path in night_l2_files(masters_root, date)]
     _check_distinct(infos)
     createdby = createdby or default_createdby()
     check_schema(conn)

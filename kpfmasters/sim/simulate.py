@@ -475,9 +475,7 @@ def write_thar_linelist(night: SimulatedNight) -> Path | None:
     """``<out>/thar_linelist.txt``: the line list of the night's ThAr lamps (both CCDs), for
     the configuration key ``wls.thar_linelist``; None when the night has no ThAr lamp."""
     waves = [
-        cat
-        for ccd in CCD_NAMES
-        for cat in (night.ccds[ccd].spectrograph.catalogues or {}).values()
+        cat for ccd in CCD_NAMES for cat in (night.ccds[ccd].spectrograph.catalogues or {}).values()
     ]
     if not waves:
         return None
