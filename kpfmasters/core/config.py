@@ -20,6 +20,8 @@ import yaml
 
 from kpfmasters.core.errors import ConfigError
 
+# The product is the checkout: the workflow (Snakefile, rules/, scripts/), config.yaml and its
+# schema live beside the package, not inside it (see checkout_root).
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG_PATH = REPO_ROOT / "config.yaml"
@@ -104,6 +106,22 @@ def parse_dates(date: Any = "", dates: Any = "") -> list[str]:
     return sorted(set(items))
 
 
+def checkout_root() -> Path:
+    """The kpf-masters checkout this package runs from (Snakefile, rules/, config.yaml).
+
+    Raises :class:`ConfigError` in one line when the package was installed on its own (a
+    wheel): the workflow and the configuration are part of the checkout, not of the package.
+    """
+    missing = [n for n in ("Snakefile", "config.yaml") if not (REPO_ROOT / n).is_file()]
+    if missing:
+        raise ConfigError(
+            f"kpfmasters runs from its git checkout, but {REPO_ROOT} has no "
+            f"{' or '.join(missing)} (the package was installed without its checkout): "
+            "clone the repository and run `make venv` in it"
+        )
+    return REPO_ROOT
+
+
 def normalize_config(config: dict, environ: dict | None = None) -> dict:
     """Return a copy of a *validated* config with paths expanded and ``nights`` added."""
     cfg = copy.deepcopy(config)
@@ -131,7 +149,7 @@ def load_config(
     path: str | Path | None = None, overrides: dict | None = None, environ: dict | None = None
 ) -> dict:
     """Load, merge, validate and normalise a configuration file (default ``config.yaml``)."""
-    path = Path(path) if path else DEFAULT_CONFIG_PATH
+    path = Path(path) if path else checkout_root() / "config.yaml"
     try:
         with open(path) as handle:
             raw = yaml.safe_load(handle) or {}
