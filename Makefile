@@ -36,6 +36,8 @@ format: $(STAMP)
 bench: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_stack.py
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_l0.py
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_l1.py
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_wls.py
 
 bench-night: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH bash bench/night.sh

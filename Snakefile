@@ -31,3 +31,4 @@ rule all:
     input:
         all_targets(),
         qa_targets(),
+        l1_qa_targets(),

@@ -37,7 +37,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
 
@@ -56,9 +55,9 @@ def main(argv=None) -> int:
     import numpy as np
     from scipy.optimize import curve_fit
     from scipy.special import ndtr
-    from wavetruth import LampChip
 
     from kpfmasters.science import lfc, wls
+    from tests.wavetruth import LampChip
 
     catalogue = wls.read_linelist(REPO / "kpfmasters" / "data" / "thar_vacuum_lines.txt")
     orders = {"GREEN": 8, "RED": 6} if args.quick else {"GREEN": 35, "RED": 32}
@@ -181,7 +180,8 @@ def main(argv=None) -> int:
         f"| kpf | {n_total} ({n_thar} ThAr, {n_lfc} LFC) | {t_kpf:.2f} | "
         f"{1e6 * t_kpf / n_total:.0f} | 1.0 | fits and solutions; good fits {good_thar} ThAr, "
         f"{good_lfc} LFC; orders x orderlets fitted {fitted['thar']} ThAr, {fitted['lfc']} "
-        f"LFC of {rows}; median RMS_MS ThAr {rms['GREEN', 'thar']:.1f}/{rms['RED', 'thar']:.1f}, LFC "
+        f"LFC of {rows}; median RMS_MS ThAr {rms['GREEN', 'thar']:.1f}/"
+        f"{rms['RED', 'thar']:.1f}, LFC "
         f"{rms['GREEN', 'lfc']:.1f}/{rms['RED', 'lfc']:.1f} m/s (GREEN/RED); runs "
         f"{', '.join(f'{v:.2f}' for v in times)} |",
         f"| curve_fit loop | {n_total} (extrapolated from {len(pick)}) | {t_loop:.1f} | "

@@ -157,6 +157,28 @@ def qa_targets():
     ]
 
 
+def l1_qa_flat(wildcards):
+    """The flat's L1 figures draw the traces on its lamp stack: the 2D flat."""
+    if wildcards.kind != "flat":
+        return []
+    return [f"{MASTERS}/{wildcards.date}/kpf_{wildcards.date}_master_flat.fits"]
+
+
+def l1_qa_traces(wildcards):
+    return l1_traces(wildcards) if wildcards.kind == "flat" else []
+
+
+def l1_qa_targets():
+    """The figure folder of every L1 the run makes (part of the default target)."""
+    prefix = "kpf_{date}_master_"
+    out = []
+    for date in NIGHTS:
+        for path in PLANS.l1_targets(date):
+            kind = Path(path).name[len(prefix.format(date=date)) : -len("_L1.fits")]
+            out.append(f"{WORK}/qa/{date}/L1/{kind}")
+    return out
+
+
 def qa_mem_mb(wildcards, attempt):
     return PLANS.qa_mem_mb(wildcards.date, attempt)
 

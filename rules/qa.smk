@@ -70,3 +70,32 @@ rule night_qa:
         settings=ws.canonical(CFG["masters"]),
     script:
         "../scripts/night_qa.py"
+
+
+rule l1_qa:
+    """Figures of an L1: extracted orders; for the flat its blaze and the trace overlay."""
+    input:
+        l1=f"{MASTERS}/{{date}}/kpf_{{date}}_master_{{kind}}_L1.fits",
+        flat=l1_qa_flat,
+        traces=l1_qa_traces,
+    output:
+        report(
+            directory(f"{WORK}/qa/{{date}}/L1/{{kind}}"),
+            patterns=["{part}-{figure}.png"],
+            caption="../report/l1.rst",
+            category="master {kind}",
+            subcategory="night {date}",
+            labels={"night": "{date}", "part": "{part}", "figure": "{figure}"},
+        ),
+    log:
+        f"{WORK}/logs/{{date}}/qa_l1_{{kind}}.log",
+    conda:
+        "../envs/kpfmasters.yaml"
+    threads: 1
+    resources:
+        mem_mb=qa_mem_mb,
+        runtime=15,
+    params:
+        qa=QA_CFG,
+    script:
+        "../scripts/l1_qa.py"

@@ -42,13 +42,14 @@ def l1(masters: set[str]) -> set[str]:
 def with_qa(masters: set[str]) -> set[str]:
     """Rebuilt masters plus what follows them: their L1 files; when the flat is rebuilt, the
     trace files and every L1 (rules/traces.smk, rules/l1.smk); the quality assessment
-    (rules/qa.smk): each master's QA folder (named by its kind), the night's QA document and
-    statistics page."""
+    (rules/qa.smk): each master's QA folder and each rebuilt L1's figure folder (both named
+    by the master's kind), the night's QA document and statistics page."""
     prefix = f"kpf_{DATE}_master_"
-    kinds = {m[len(prefix) : -len(".fits")] for m in masters}
     follow = l1(masters)
     if f"kpf_{DATE}_master_flat.fits" in masters:
         follow |= TRACES | l1(MASTERS)
+    kinds = {m[len(prefix) :].removesuffix(".fits").removesuffix("_L1") for m in masters | follow}
+    kinds = {k for k in kinds if not k.startswith("flat_")}  # trace files have no QA folder
     return set(masters) | follow | kinds | {f"kpf_{DATE}_masters_qa.json", "statistics.html"}
 
 

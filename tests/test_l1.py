@@ -14,8 +14,7 @@ from kpfmasters.science.l1 import L1_ORDERLETS, L1Job, build_l1, ext_name, l1_ex
 from kpfmasters.science.stack import stack_cube
 from kpfmasters.science.traces import ORDERLETS, read_traces
 from kpfmasters.sim.simulate import expected_2d, simulate_night
-
-from smk import Night, snakemake
+from tests.smk import Night, snakemake
 
 DATE = "20230606"
 SIZE = 128
@@ -159,8 +158,9 @@ def test_l1_layout_units_and_keywords(night, kind):
             }
             assert hdu.header["BUNIT"] == next(v for k, v in expected.items() if k in name)
         head = hdul[0].header
-        for key in ("IMTYPE", "OBJECT", "NFRAMES", "MINMJD", "MAXMJD", "MIDMJD", "DATE-MID"):
-            assert head[key] == m[0].header[key]
+        own = {"SOFTVER", "CFGHASH", "DATE", "CHECKSUM", "DATASUM", "EXTEND"}
+        for key in set(m[0].header) - own - {"COMMENT", "HISTORY", ""}:
+            assert head[key] == m[0].header[key], key  # the 2D master's PRIMARY, copied
         assert head["TRACFGRN"] == trace_path(night, "GREEN_CCD").name
         assert head["TRACFRED"] == trace_path(night, "RED_CCD").name
         assert head["EXTMETH"] == "box"
@@ -200,7 +200,7 @@ def test_wave_reference_is_truth_plus_a_smooth_perturbation(night):
             wave = np.asarray(spec.wave)
             assert (np.diff(wave, axis=1) < 0).all()  # decreasing with x
             step = -np.diff(wave, axis=1) / wave[:, 1:] * 299792.458
-            assert 0.8 < step.min() and step.max() < 0.95  # ~0.87 km/s per pixel
+            assert 0.85 < step.min() and step.max() < 0.89  # ~0.87 km/s per pixel
             first = {"GREEN_CCD": 137, "RED_CCD": 102}[ccd]
             assert spec.echelle[0] == first
             mid = wave[:, SIZE // 2] * spec.echelle

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from numpy.polynomial import legendre
-from wavetruth import BACKGROUND, READ_NOISE, LampChip, l1_hdul, to_orderlet_major
 
 from kpfmasters.core.config import REPO_ROOT
 from kpfmasters.core.errors import InputError
 from kpfmasters.io.fits import write_fits
 from kpfmasters.science import lfc, linefit, wls, wlsproducts
 from kpfmasters.sim import lamps
+from tests.wavetruth import BACKGROUND, READ_NOISE, LampChip, l1_hdul, to_orderlet_major
 
 C = wls.C_MS
 NCOL = 4080

@@ -12,8 +12,7 @@ from astropy.io import fits
 from kpfmasters.core.config import REPO_ROOT, merge
 from kpfmasters.science.l1 import L1_ORDERLETS, ext_name
 from kpfmasters.sim.simulate import simulate_night
-
-from smk import Night, dry_run_outputs, snakemake
+from tests.smk import Night, dry_run_outputs, snakemake
 
 DATE = "20230606"
 SIZE = 512

@@ -2,7 +2,8 @@
 
 Everything goes under one directory (default ``demo/``): the simulated L0 files and order
 mask (``sim/``), the 2D files and logs (``work/``), the masters (``masters/``) and, while
-the demo runs, a throw-away PostgreSQL server.
+the demo runs, a throw-away PostgreSQL server. The simulator's reference wavelength solution
+(``sim/wls_reference.fits``) is configured as ``wls.reference``.
 """
 
 from __future__ import annotations
@@ -69,8 +70,13 @@ def run(args) -> int:
         print(f"  {len(night.frames)} L0 files, order mask {night.order_mask_path}")
     else:
         print(f"Using the simulated night already in {sim}")
+    # the simulator's reference wavelength solution becomes every L1's WAVE
+    wls = {"wls": {"reference": str(sim / "wls_reference.fits")}}
     argv = snakemake_argv(
-        night_config(cfg, args.date), workdir=base, cores=args.cores, extra=["--quiet", "rules"]
+        {**night_config(cfg, args.date), **wls},
+        workdir=base,
+        cores=args.cores,
+        extra=["--quiet", "rules"],
     )
     print("Running the pipeline:\n  " + " ".join(argv[1:]))
     if run_snakemake(argv) != 0:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .wls import C_MS, dispersion
+from kpfmasters.science.wls import C_MS, dispersion
 
 
 @dataclass

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.polynomial import legendre
 
-from .linefit import LineFitSettings, fit_lines
-from .wls import C_AS, C_MS, Solution, SolveSettings, predict_columns, solve_rows
+from kpfmasters.science.linefit import LineFitSettings, fit_lines
+from kpfmasters.science.wls import C_AS, C_MS, Solution, SolveSettings, predict_columns, solve_rows
 
 log = logging.getLogger(__name__)
 

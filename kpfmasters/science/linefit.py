@@ -243,7 +243,7 @@ def fit_windows(
 
 
 def _fit_windows(x, y, ivar, xref, sigma_guess, iterations):
-    from .linefit_kernel import fit_kernel
+    from kpfmasters.science.linefit_kernel import fit_kernel
 
     n = len(xref)
     p = _initial(x, y, ivar, xref, sigma_guess)

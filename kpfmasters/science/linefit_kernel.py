@@ -21,7 +21,7 @@ import numpy as np
 from numba import prange
 
 # stack_kernel settles numba's cache directory (re-reading numba's configuration if needed).
-from .stack_kernel import _jit
+from kpfmasters.science.stack_kernel import _jit
 
 NPAR = 5
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)

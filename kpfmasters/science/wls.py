@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from numpy.polynomial import legendre
 
-from ..core.errors import InputError
-from .linefit import FLAG_BLEND, LineFits, LineFitSettings, fit_lines
+from kpfmasters.core.errors import InputError
+from kpfmasters.science.linefit import FLAG_BLEND, LineFits, LineFitSettings, fit_lines
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from ..core.errors import InputError
-from . import drift, lfc, linefit, wls
-from .l1 import ext_name
+from kpfmasters.core.errors import InputError
+from kpfmasters.science import drift, lfc, linefit, wls
+from kpfmasters.science.l1 import ext_name
 
 CHIPS = ("GREEN", "RED")
 ORDERLETS = ("SKY", "SCI1", "SCI2", "SCI3", "CAL")
@@ -504,8 +504,7 @@ def _open(path: str | Path) -> fits.HDUList:
 def build_wls(job: WlsJob) -> dict:
     """Make the wavelength-solution file of ``job``; return a summary per CHIP."""
     from kpfmasters.io.fits import write_fits
-
-    from .l1 import md5_file
+    from kpfmasters.science.l1 import md5_file
 
     thar_settings, lfc_settings = settings_from_config(job.settings)
     with _open(job.l1) as l1:
@@ -563,8 +562,7 @@ class L2Job:
 def build_l2(job: L2Job) -> dict:
     """Make the arclamp L2 file of ``job``; return DRIFTG, DRIFTR and their errors."""
     from kpfmasters.io.fits import write_fits
-
-    from .l1 import md5_file
+    from kpfmasters.science.l1 import md5_file
 
     with _open(job.l1) as l1, _open(job.wls) as solution:
         inputs = [

@@ -37,7 +37,7 @@ M_LAMBDA = 6.140e5  # Angstrom: m * lambda at the centre of an order
 VELOCITY_PER_PIXEL = 0.87  # km/s
 FIRST_ECHELLE_ORDER = {"GREEN_CCD": 137, "RED_CCD": 102}
 ORDERLET_OFFSET_PX = np.array([-0.6, 0.25, 0.0, -0.2, 0.7])  # delta_k, SKY..CAL
-CURVATURE_PX = 2.0  # |p2|, |p3| at most this many pixels
+CURVATURE_PX = 2.0  # |p2|, |p3| at most this many pixels at full size (scaled down, >= 0.25)
 REFERENCE_PERTURBATION_PX = 0.5  # reference = truth shifted by a0 + a1 u + a2 u^2, |a_i| <=
 SLIT_SOFTNESS = 0.8  # sigma (px) of the edges of a flat-topped slit image
 MASK_TRIM = 1.0  # the kpf-geometry order mask is the slit image less this many pixels a side
@@ -108,14 +108,17 @@ def wavelengths(
     """True vacuum wavelengths (Angstrom) of each trace, (n, size) float64 (module docstring).
 
     The geometry is that of KPF at full size: the pixel is ``VELOCITY_PER_PIXEL`` km/s
-    whatever ``size``, so a small CCD sees a narrow piece of each order.
+    whatever ``size``, so a small CCD sees a narrow piece of each order; the curvature
+    ``|p2|, |p3|`` is at most ``CURVATURE_PX * size / 4080`` pixels (at least 0.25), so the
+    dispersion stays within about 1 % of 0.87 km/s per pixel at every size.
     """
     x = np.arange(size, dtype=np.float64)
     xc = (size - 1) / 2
     u = (x - xc) / xc
     k = np.array([ORDERLETS.index(f) for f in fiber])
-    p2 = rng.uniform(-CURVATURE_PX, CURVATURE_PX, len(fiber))[:, None]
-    p3 = rng.uniform(-CURVATURE_PX, CURVATURE_PX, len(fiber))[:, None]
+    bend = max(0.25, CURVATURE_PX * size / KPF_SIZE)
+    p2 = rng.uniform(-bend, bend, len(fiber))[:, None]
+    p3 = rng.uniform(-bend, bend, len(fiber))[:, None]
     shift = (x[None, :] - xc - ORDERLET_OFFSET_PX[k][:, None]) + p2 * u**2 + p3 * u**3
     return (M_LAMBDA / echelle[:, None]) * np.exp(-(VELOCITY_PER_PIXEL / C_KMS) * shift)
 
