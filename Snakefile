@@ -32,3 +32,4 @@ rule all:
         all_targets(),
         qa_targets(),
         l1_qa_targets(),
+        wls_qa_targets(),

@@ -223,3 +223,17 @@ def wls_params(wildcards):
 
 def wls_mem_mb(wildcards, attempt):
     return PLANS.wls_mem_mb(wildcards.date, attempt)
+
+
+def wls_qa_previous(wildcards):
+    """Input function: the previous night's solution of the same lamp, or []."""
+    return PLANS.previous_wls(wildcards.date, wildcards.tag)
+
+
+def wls_qa_targets():
+    """The QA folder of every wavelength solution the run makes (part of the default target)."""
+    return [
+        f"{WORK}/qa/{date}/WLS/{tag}"
+        for date in NIGHTS
+        for tag, _, _ in PLANS.wls_sources(date)
+    ]

@@ -99,3 +99,32 @@ rule l1_qa:
         qa=QA_CFG,
     script:
         "../scripts/l1_qa.py"
+
+
+rule wls_qa:
+    """Figures, per-order table and warnings of a wavelength solution and its drift table."""
+    input:
+        wls=f"{MASTERS}/{{date}}/kpf_{{date}}_master_WLS_{{tag}}_L1.fits",
+        l2=f"{MASTERS}/{{date}}/kpf_{{date}}_master_arclamp_{{tag}}_L2.fits",
+        previous=wls_qa_previous,
+    output:
+        report(
+            directory(f"{WORK}/qa/{{date}}/WLS/{{tag}}"),
+            patterns=["WLS-{figure}.png", "WLS-{figure}.html"],
+            caption="../report/wls.rst",
+            category="wavelength solution {tag}",
+            subcategory="night {date}",
+            labels={"night": "{date}", "figure": "{figure}"},
+        ),
+    log:
+        f"{WORK}/logs/{{date}}/qa_wls_{{tag}}.log",
+    conda:
+        "../envs/kpfmasters.yaml"
+    threads: 1
+    resources:
+        mem_mb=qa_mem_mb,
+        runtime=15,
+    params:
+        qa=QA_CFG,
+    script:
+        "../scripts/wls_qa.py"

@@ -387,3 +387,16 @@ def test_legendre_fit_clips_outliers():
     coeffs, used = wls.fit_legendre_clipped(x, obs, err, 4080, 3, wls.SolveSettings())
     assert not used[5] and not used[40] and used.sum() == 58
     assert np.max(np.abs(legendre.legval(t, coeffs) - lam)) < 1e-4
+
+
+def test_qa_warns_on_prior_fallback_and_rms_jump():
+    from kpfmasters.qa.wls_figures import wls_warnings
+
+    now = {"file": "a.fits", "orders_at_prior": ["GREEN SKY order 0"], "monotonic": True,
+           "median_rms_ms": {"GREEN": 9.0, "RED": 3.0}}  # fmt: skip
+    before = {"file": "b.fits", "median_rms_ms": {"GREEN": 3.0, "RED": 2.9}}
+    warnings = wls_warnings(now, before, 2.0)
+    assert len(warnings) == 2
+    assert "1 orders x orderlets kept the prior (GREEN SKY order 0)" in warnings[0]
+    assert "GREEN median RMS 9.00 m/s is 3.0 x the previous solution's (b.fits" in warnings[1]
+    assert wls_warnings({**now, "orders_at_prior": []}, before, None) == []

@@ -4,6 +4,8 @@ simulator's truth."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import yaml
@@ -58,6 +60,15 @@ def test_products_exist_and_rerun_is_empty(night):
         assert product(night, f"kpf_{DATE}_master_WLS_{tag}_L1.fits").is_file()
         assert product(night, f"kpf_{DATE}_master_arclamp_{tag}_L2.fits").is_file()
     assert dry_run_outputs(night, "--configfile", str(night.configfile)) == []
+    # QA: figures, the per-order table, and a warning naming the orders left at the prior
+    qa = night.work_root / "qa" / DATE / "WLS" / LFC
+    for name in ("WLS-residuals.png", "WLS-drift.png", "WLS-orders.html"):
+        assert (qa / name).stat().st_size > 1000
+    record = json.loads((qa / "WLS-summary.json").read_text())
+    assert "GREEN SKY order 0" in record["orders_at_prior"]
+    assert any("kept the prior" in w for w in record["warnings"])
+    log = (night.work_root / "logs" / DATE / f"qa_wls_{LFC}.log").read_text()
+    assert "WARNING" in log and "kept the prior" in log
 
 
 @pytest.mark.parametrize("tag, kind", [(THAR, "thar"), (LFC, "lfc")])

@@ -7,6 +7,7 @@ It is plain Python so the workflow's decisions are tested without Snakemake.
 
 from __future__ import annotations
 
+import datetime as dt
 import fnmatch
 import json
 import math
@@ -395,6 +396,31 @@ class Plans:
             return []
         path = Path(self.cfg["wls"]["thar_linelist"])
         return [str(path if path.is_absolute() else REPO_ROOT / path)]
+
+    def previous_wls(self, date: str, tag: str) -> list[str]:
+        """The nearest earlier night's solution of the same lamp (on disk, or made by this
+        run) within ``qa.max_previous_age_days``, as a QA input ([] when none)."""
+        max_age = (self.cfg.get("qa") or {}).get("max_previous_age_days")
+        root = Path(self.cfg["masters_root"])
+        candidates = {}
+        if root.is_dir():
+            for night in root.iterdir():
+                if night.name.isdigit() and len(night.name) == 8 and night.name < date:
+                    path = night / wls_name(night.name, tag)
+                    if path.is_file():
+                        candidates[night.name] = path
+        for night in self.cfg["nights"]:
+            if night < date and night not in candidates:
+                if any(t == tag for t, _, _ in self.wls_sources(night)):
+                    candidates[night] = Path(self.wls_path(night, tag))
+        if not candidates:
+            return []
+        best = max(candidates)
+        age = (dt.date.fromisoformat(f"{date[:4]}-{date[4:6]}-{date[6:]}")
+               - dt.date.fromisoformat(f"{best[:4]}-{best[4:6]}-{best[6:]}")).days  # fmt: skip
+        if max_age is not None and age > max_age:
+            return []
+        return [str(candidates[best])]
 
     def wls_mem_mb(self, date: str, attempt: int = 1) -> int:
         """A solution holds the L1 (2 x 15 images of orders x columns, float64), the line
