@@ -51,13 +51,15 @@ def test_daily_run_registers_and_locks(pg_server, tmp_path):
     masters = sorted(p.name for p in (tmp_path / "masters" / DATE).glob("kpf_*_master_*.fits"))
     assert len(masters) == 4
     log = (tmp_path / "logs" / f"kpfmasters_{DATE}.out").read_text()
-    assert f"night {DATE}: 4 master(s)" in out and "4 row(s) registered" in out
+    # 4 masters, their 4 L1 files and the flat's 2 trace files
+    assert f"night {DATE}: 4 master(s)" in out and "10 row(s) registered" in out
     assert "Finished jobid" in log and "register_night" in log
     for name in masters:
         assert name in log
     with contextlib.closing(pg_server.connect()) as conn, conn.cursor() as cur:
         cur.execute(
-            "SELECT caltype, object, nframes FROM calfiles WHERE startdate = %s ORDER BY caltype",
+            "SELECT caltype, object, nframes FROM calfiles WHERE startdate = %s AND level = 0 "
+            "AND caltype <> 'ordertrace' ORDER BY caltype",
             ("2023-06-06",),
         )
         rows = cur.fetchall()

@@ -69,8 +69,10 @@ def master_path(masters_root: str | Path, date: str, mtype: str, obj: str | None
     return Path(masters_root) / date / master_name(date, mtype, obj)
 
 
+# A 2D master's name; its 1D products (``..._L1.fits``, ``..._L2.fits``) do not match.
 MASTER_NAME_RE = re.compile(
-    rf"^kpf_(?P<date>\d{{8}})_master_(?P<type>{'|'.join(MASTER_TYPES)})(?:_(?P<tag>.+))?\.fits$"
+    rf"^kpf_(?P<date>\d{{8}})_master_(?P<type>{'|'.join(MASTER_TYPES)})(?:_(?P<tag>.+))?"
+    r"(?<!_L[12])\.fits$"
 )
 
 

@@ -43,7 +43,6 @@ LEVEL_L1 = 1
 LEVEL_L2 = 2
 TRACE_CALTYPE = "ordertrace"
 WLS_CALTYPE = "wls"
-_PRODUCT_SUFFIXES = ("_L1", "_L2")
 _CHUNK = 1 << 20
 
 
@@ -99,10 +98,7 @@ def night_master_files(masters_root: str | Path, date: str) -> list[Path]:
         match = MASTER_NAME_RE.match(entry.name)
         if not match:
             continue
-        stem = entry.name[: -len(".fits")]
-        if stem.endswith(_PRODUCT_SUFFIXES):
-            log.info("ignoring %s: an L1/L2 product, not a 2D master", entry.name)
-        elif match.group("date") != date:
+        if match.group("date") != date:
             log.warning("ignoring %s: its date differs from the night %s", entry.name, date)
         elif (match.group("type") == "arclamp") != (match.group("tag") is not None):
             log.info("ignoring %s: not a 2D master name", entry.name)

@@ -20,6 +20,14 @@ from kpfmasters.qa.figures import block_average, display_factor, save_png, zscal
 from kpfmasters.science.l1 import CHIPS, L1_ORDERLETS, ext_name  # noqa: E402
 from kpfmasters.science.traces import TraceSet  # noqa: E402
 
+# Orderlets of an order often carry the same light: line widths and styles keep each visible.
+STYLES = {
+    "SKY": ("-", 2.4),
+    "SCI1": ("-", 1.6),
+    "SCI2": ("--", 1.1),
+    "SCI3": (":", 1.1),
+    "CAL": ("-", 0.5),
+}
 COLOURS = {
     "SKY": "#1f77b4",
     "SCI1": "#2ca02c",
@@ -30,8 +38,9 @@ COLOURS = {
 
 
 def spectra_figure(l1: str | Path, out: str | Path, kind: str = "FLUX") -> bool:
-    """Flux (or ``BLAZE``) against column of every order, one panel per CHIP, one colour per
-    orderlet; returns False (nothing written) when the file has no such extensions."""
+    """Flux (or ``BLAZE``) against column of every order, one panel per CHIP, one colour and
+    line style per orderlet; returns False (nothing written) when the file has no such
+    extensions."""
     l1 = Path(l1)
     with fits.open(l1) as hdul:
         chips = [c for c in CHIPS if ext_name(c, "SCI2", kind) in hdul]
@@ -46,7 +55,15 @@ def spectra_figure(l1: str | Path, out: str | Path, kind: str = "FLUX") -> bool:
                 data = hdul[ext_name(chip, orderlet, kind)].data
                 for row in data:
                     if np.isfinite(row).any():
-                        ax.plot(row, lw=0.5, alpha=0.7, color=COLOURS[orderlet], label=orderlet)
+                        style, width = STYLES[orderlet]
+                        ax.plot(
+                            row,
+                            ls=style,
+                            lw=width,
+                            alpha=0.8,
+                            color=COLOURS[orderlet],
+                            label=orderlet,
+                        )
             n_orders = data.shape[0]
             ax.set_title(f"{chip}: {n_orders} orders, {kind}", fontsize=9)
             ax.set_xlabel("column")
