@@ -48,7 +48,8 @@ def test_daily_run_registers_and_locks(pg_server, tmp_path):
 
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
-    masters = sorted(p.name for p in (tmp_path / "masters" / DATE).glob("kpf_*_master_*.fits"))
+    night_dir = tmp_path / "masters" / DATE
+    masters = sorted(p.name for p in night_dir.glob("kpf_*_master_*.fits") if "_L1" not in p.name)
     assert len(masters) == 4
     log = (tmp_path / "logs" / f"kpfmasters_{DATE}.out").read_text()
     # 4 masters, their 4 L1 files and the flat's 2 trace files

@@ -213,6 +213,9 @@ def test_masters_untouched_and_nothing_left_to_do(nights):
 
 
 # -- the Snakemake report ---------------------------------------------------------------------
+L1_FIGURES = ("orders", "blaze", "traces")
+
+
 def test_report_has_every_master_its_previews_and_statistics(nights):
     html = nights.html
     categories = embedded(html, "categories")
@@ -222,14 +225,16 @@ def test_report_has_every_master_its_previews_and_statistics(nights):
         paths = categories[f"master {kind}"][f"night {DATE}"]
         names = sorted(results[p]["filename"] for p in paths)
         expected = [f"{e}-{f}.png" for e in EXTS[kind] for f in ("histograms", "preview")]
-        assert names == sorted(expected + ["master-provenance.html"])
+        # beside the 2D master: its L1's figures (rules/qa.smk, l1_qa)
+        l1 = ["L1-orders.png"] + (["L1-blaze.png", "L1-traces.png"] if kind == "flat" else [])
+        assert names == sorted(expected + l1 + ["master-provenance.html"])
         for path in paths:
             entry = results[path]
             blob = data_of(entry)
             if entry["mime_type"] == "image/png":
                 assert blob.startswith(b"\x89PNG\r\n\x1a\n")
                 assert entry["labels"]["night"] == DATE
-                assert entry["labels"]["figure"] in ("preview", "histograms")
+                assert entry["labels"]["figure"] in ("preview", "histograms", *L1_FIGURES)
                 assert kind in entry["caption"] and entry["labels"]["part"] in entry["caption"]
             else:  # the master's statistics and provenance
                 page = blob.decode()

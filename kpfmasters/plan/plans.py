@@ -528,15 +528,17 @@ class Plans:
 
     def trace_mem_mb(self, date: str, attempt: int = 1) -> int:
         """Order traces of both CCDs, one at a time: the stack (float32), the mask and the
-        labels (int32) and the per-value boolean images; about 0.3 GB at 4080 x 4080."""
+        labels (int32) and the per-value boolean images; 418 MiB peak measured at 4080 x 4080
+        in KPF's trace geometry (bench/bench_l1.py)."""
         npix, _ = self._pixels(self.plan(date).frames)
         return int((300 + 20 * npix / 2**20) * attempt)
 
     def l1_mem_mb(self, date: str, attempt: int = 1) -> int:
-        """One L1: the master memory-mapped, extraction chunks of a few traces, the spectra;
-        bench/bench_l1.py measures the peak at 4080 x 4080."""
+        """One L1: the master memory-mapped (its pages count), a native copy of each image
+        extracted, the spectra; 908 MiB peak measured for the flat's L1 at 4080 x 4080
+        (bench/bench_l1.py); declared 1.07 GiB."""
         npix, _ = self._pixels(self.plan(date).frames)
-        return int((300 + 40 * npix / 2**20) * attempt)
+        return int((300 + 48 * npix / 2**20) * attempt)
 
     def stack_runtime(self, date: str, mtype: str, tag: str | None) -> int:
         sel = self.selection(date, mtype, tag)

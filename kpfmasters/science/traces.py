@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from kpfmasters.core.errors import InputError
+from kpfmasters.science.stack_kernel import _jit
 
 log = logging.getLogger(__name__)
 
@@ -176,34 +178,69 @@ def window_centroids(stack: np.ndarray, centre: np.ndarray, half: float) -> np.n
 
     Parameters
     ----------
-    stack : ndarray, shape (nrows, ncols), e-/s
+    stack : ndarray, shape (nrows, ncols), e-/s (native byte order)
     centre : ndarray, shape (ncols,), rows
     half : float, pixels
     """
+    out = np.empty(stack.shape[1])
+    _window_kernel(stack, np.ascontiguousarray(centre, dtype=np.float64), float(half), out)
+    return out
+
+
+@_jit()
+def _window_kernel(stack, centre, half, out):  # pragma: no cover - compiled
     nrows, ncols = stack.shape
-    lo, hi = centre - half, centre + half
-    k = int(np.ceil(2 * half)) + 2
-    rows = np.floor(lo + 0.5).astype(np.int64)[None, :] + np.arange(k)[:, None]
-    w = np.clip(np.minimum(hi, rows + 0.5) - np.maximum(lo, rows - 0.5), 0.0, 1.0)
-    inside = (rows >= 0) & (rows < nrows)
-    cols = np.broadcast_to(np.arange(ncols), rows.shape)
-    values = stack[np.clip(rows, 0, nrows - 1), cols].astype(np.float64)
-    bad = ((~inside) | ~np.isfinite(values)) & (w > 0)
-    values = np.where(inside & np.isfinite(values), values, 0.0)
-    flux = (w * values).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c = (w * values * rows).sum(axis=0) / flux
-    c[bad.any(axis=0) | ~(flux > 0)] = np.nan
-    return c
+    for x in range(ncols):
+        lo = centre[x] - half
+        hi = centre[x] + half
+        flux = 0.0
+        moment = 0.0
+        bad = False
+        for r in range(int(np.floor(lo + 0.5)), int(np.floor(hi + 0.5)) + 1):
+            w = min(hi, r + 0.5) - max(lo, r - 0.5)
+            if w <= 0.0:
+                continue
+            if w > 1.0:
+                w = 1.0
+            if r < 0 or r >= nrows or not np.isfinite(stack[r, x]):
+                bad = True
+                break
+            flux += w * stack[r, x]
+            moment += w * stack[r, x] * r
+        out[x] = moment / flux if (not bad and flux > 0.0) else np.nan
+
+
+def scaled_to_power(coeffs: np.ndarray, centre: float, scale: float) -> np.ndarray:
+    """Power-series coefficients in ``x`` of ``sum_k coeffs[k] * ((x - centre) / scale)**k``."""
+    out = np.zeros(coeffs.size)
+    for k, c in enumerate(coeffs):
+        # ((x - centre) / scale)**k = sum_j binom(k, j) x**j (-centre)**(k - j) / scale**k
+        for j in range(k + 1):
+            out[j] += c * math.comb(k, j) * (-centre) ** (k - j) / scale**k
+    return out
+
+
+def scaled_basis(x: np.ndarray, degree: int) -> tuple[float, float, np.ndarray]:
+    """``(mid, half, V)``: ``u = (x - mid) / half`` spans [-1, 1]; ``V[:, k] = u**k``."""
+    mid = 0.5 * (x.min() + x.max())
+    half = max(0.5 * (x.max() - x.min()), 1.0)
+    return mid, half, np.vander((x - mid) / half, degree + 1, increasing=True)
 
 
 def fit_centre(
-    x: np.ndarray, y: np.ndarray, degree: int, nsigma: float, iterations: int
+    x: np.ndarray,
+    y: np.ndarray,
+    degree: int,
+    nsigma: float,
+    iterations: int,
+    basis: tuple[float, float, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Polynomial ``y(x)`` of ``degree`` with iterative clipping of outlying points.
 
-    Points further than ``nsigma`` robust sigmas (1.4826 * MAD of the residuals) from the
-    fit are left out, for at most ``iterations`` refits.
+    Least squares in the scaled variable ``u = (x - mid) / half`` (well conditioned), then
+    re-expressed as a power series in ``x``. Points further than ``nsigma`` robust sigmas
+    (1.4826 * MAD of the residuals) from the fit are left out, for at most ``iterations``
+    refits. ``basis`` is :func:`scaled_basis` of ``x`` when the caller already has it.
 
     Returns
     -------
@@ -211,21 +248,23 @@ def fit_centre(
         Power-series coefficients, constant first (``x`` in the units given).
     used : ndarray of bool, shape x.shape
     """
-    used = np.isfinite(y)
-    coeffs = np.zeros(degree + 1)
+    finite = np.isfinite(y)
+    used = finite.copy()
+    mid, half, vander = basis if basis is not None else scaled_basis(x, degree)
+    model = np.zeros_like(y)
+    sol = np.zeros(degree + 1)
     for _ in range(iterations + 1):
         if used.sum() <= degree:
             raise ValueError(f"{used.sum()} usable columns, need more than {degree}")
-        poly = np.polynomial.Polynomial.fit(x[used], y[used], degree)
-        coeffs = poly.convert().coef
-        coeffs = np.pad(coeffs, (0, degree + 1 - coeffs.size))
-        resid = y - poly(x)
+        sol = np.linalg.lstsq(vander[used], y[used], rcond=None)[0]
+        model = vander @ sol
+        resid = y - model
         sigma = 1.4826 * np.median(np.abs(resid[used]))
-        keep = np.isfinite(y) & (np.abs(resid) <= nsigma * max(sigma, 1e-6))
+        keep = finite & (np.abs(resid) <= nsigma * max(sigma, 1e-6))
         if np.array_equal(keep, used):
             break
         used = keep
-    return coeffs, used
+    return scaled_to_power(sol, mid, half), used
 
 
 def find_traces(
@@ -276,8 +315,12 @@ def find_traces(
     """
     if stack.shape != mask.shape:
         raise ValueError(f"{name}: stack {stack.shape} and order mask {mask.shape} differ")
+    stack = np.ascontiguousarray(stack, dtype=np.float32 if stack.dtype.itemsize <= 4 else None)
+    if stack.dtype.byteorder not in ("=", "|"):
+        stack = stack.astype(stack.dtype.newbyteorder("="))
     nrows, ncols = stack.shape
     xs = np.arange(ncols, dtype=np.float64)
+    basis = scaled_basis(xs, degree)
     found = []
     for value in range(1, 6):
         labels, n = ndimage.label(mask == value)
@@ -307,13 +350,13 @@ def find_traces(
             edge = (lowest == 0) | (highest == nrows - 1)
             cen[edge] = np.nan
             try:
-                coeffs, used = fit_centre(xs, cen, degree, nsigma, iterations)
+                coeffs, used = fit_centre(xs, cen, degree, nsigma, iterations, basis)
                 height = np.median((highest - lowest + 1)[highest >= 0])
                 for _ in range(refine):
                     guess = np.polynomial.polynomial.polyval(xs, coeffs)
                     win = window_centroids(stack, guess, height / 2 + margin)
                     win[(xs < x1) | (xs > x2) | edge] = np.nan
-                    coeffs, used = fit_centre(xs, win, degree, nsigma, iterations)
+                    coeffs, used = fit_centre(xs, win, degree, nsigma, iterations, basis)
                     cen = win
             except ValueError as exc:
                 log.warning("%s: left out, no centre fit (%s)", where, exc)

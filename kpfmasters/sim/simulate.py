@@ -6,9 +6,13 @@
   (amplifier extensions in raw DN * ``adc_scale``, int32, optionally RICE-compressed;
   ``CA_HK`` in DN; a small ``TELEMETRY`` table that readers must ignore);
 - ``order_mask.fits``: ``GREEN_CCD``/``RED_CCD`` int16 images, 0 off-trace, 1..5 orderlets;
-- ``truth/<date>/``: ``truth.json`` (parameters, per-amplifier constants), ``frames.json``
-  (one record a file) and one ``<CCD>.<array>.npy`` per truth array (see
-  :mod:`kpfmasters.sim.truth` for units).
+- ``wls_reference.fits``: a reference wavelength solution (``<CHIP>_SCI_WAVE1``.. as in a
+  KPF L1: the truth plus a smooth known perturbation), for ``wls.reference``;
+- ``truth/<date>/``: ``truth.json`` (parameters, per-amplifier constants, the spectrograph's
+  geometry), ``frames.json`` (one record a file), one ``<CCD>.<array>.npy`` per truth array
+  (see :mod:`kpfmasters.sim.truth` for units) including the spectrograph's true trace
+  centres, wavelengths and 1D spectra, and ``order_trace_<CCD>.csv``, the true traces (see
+  :mod:`kpfmasters.sim.spectrograph`).
 
 A frame collects, per CCD pixel, ``bias + EXPTIME * (dark + prnu * light)`` electrons (plus
 shot noise and cosmic rays unless ``noise=False``); each amplifier's share is divided by its
