@@ -271,7 +271,8 @@ def numba_compile_cost(env: dict) -> dict[str, tuple[float, float]]:
     code = (
         "import sys, time; t = time.perf_counter()\n"
         "from kpfmasters.science.stack import stack_files\n"
-        "stack_files(sys.argv[1:], 'GREEN_CCD', 2.1, preprocess=lambda i, r, b: b * 2)\n"
+        "stack_files(sys.argv[1:], 'GREEN_CCD', 2.1, memory_mb=256,\n"
+        "            preprocess=lambda i, r, b: b * 2)\n"
         "print(time.perf_counter() - t)\n"
     )
     costs: dict[str, tuple[float, float]] = {}

@@ -172,7 +172,11 @@ def test_db_register_command_faults_then_a_rerun_registers(
     ]  # fmt: skip
     settings = {"nsigma": 2.1, "flag_min_count": 10, "extensions": ["GREEN_CCD", "RED_CCD"]}
     bias = masters / DATE / f"kpf_{DATE}_master_bias.fits"
-    build_master(MasterJob("bias", DATE, str(bias), [str(p) for p in paths], rows_in, settings))
+    stack = {"memory_mb": 64, "band_rows": 0}
+    job = MasterJob(
+        "bias", DATE, str(bias), [str(p) for p in paths], rows_in, settings, stack, 0.01
+    )
+    build_master(job)
     made = md5(bias)
     argv = ["db", "register", "--date", DATE, "--masters-root", str(masters)]
     right = pgpass(tmp_path / "pgpass", db, db.password)

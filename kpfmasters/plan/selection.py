@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from kpfmasters.core.naming import object_tag, two_d_name
+from kpfmasters.core.products import MASTERS
 from kpfmasters.plan.night import Frame, is_number
 
 OPS = {
@@ -23,9 +24,6 @@ OPS = {
     ">": operator.gt,
     ">=": operator.ge,
 }
-MASTER_ORDER = ("bias", "dark", "flat", "arclamp")
-# Masters whose frames are divided by EXPTIME (SPEC section 3).
-NORMALISED = ("dark", "flat", "arclamp")
 
 
 def describe_rules(rules: list[dict]) -> str:
@@ -143,7 +141,7 @@ def _usability(frames: list[Frame], mtype: str) -> dict[str, str]:
                 reason = f"MJD-OBS {frame.header['MJD-OBS']!r} is not a number"
             else:
                 reason = "MJD-OBS missing"
-        if not reason and mtype in NORMALISED:
+        if not reason and MASTERS[mtype].per_second:
             exptime = frame.number("EXPTIME")
             if exptime is None or exptime <= 0:
                 reason = f"EXPTIME {frame.header.get('EXPTIME')!r} cannot normalise (need > 0)"
@@ -251,8 +249,9 @@ def plan_night(
     masters = cfg["masters"]
     min_frames = cfg["min_frames"]
     selections: dict[str, Selection] = {}
-    for mtype in ("bias", "dark", "flat"):
-        selections[mtype] = select(frames, date, mtype, masters[mtype]["select"], min_frames)
+    for mtype, kind in MASTERS.items():
+        if not kind.per_object:
+            selections[mtype] = select(frames, date, mtype, masters[mtype]["select"], min_frames)
     arc = masters["arclamp"]
     key = arc["group_by"]
     base = select(frames, date, "arclamp", arc["select"], min_frames)

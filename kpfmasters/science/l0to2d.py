@@ -48,11 +48,11 @@ class AmpGeometry:
     clip k of the overscan level.
     """
 
-    prescan: int = 4
-    serial_overscan: int = 50
-    parallel_overscan: int = 30
-    edge_skip: int = 5
-    nsigma: float = 2.1
+    prescan: int
+    serial_overscan: int
+    parallel_overscan: int
+    edge_skip: int
+    nsigma: float
 
     def __post_init__(self):
         for name in ("prescan", "serial_overscan", "parallel_overscan", "edge_skip"):

@@ -21,29 +21,15 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 from kpfmasters import __version__
 from kpfmasters.core.errors import InputError
+from kpfmasters.core.instrument import CCD_BIT, CCD_EXTS
+from kpfmasters.core.products import MASTERS, product
 from kpfmasters.io.fits import write_fits
-from kpfmasters.qa.records import ccd_statistics, previous_master, qc_cards, read_frame_headers
 from kpfmasters.science.flat import load_order_mask, normalize_flat
+from kpfmasters.science.qcstats import ccd_statistics, master_medians, qc_cards, read_frame_headers
 from kpfmasters.science.stack import stack_files
 
 log = logging.getLogger(__name__)
 
-IMTYPES = {"bias": "Bias", "dark": "Dark", "flat": "Flat", "arclamp": "Arclamp"}
-CCD_EXTS = ("GREEN_CCD", "RED_CCD", "CA_HK")
-INFOBIT = {"GREEN_CCD": 0, "RED_CCD": 1, "CA_HK": 2}
-BUNITS = {
-    "bias": ("electrons", "DN"),
-    "dark": ("electrons/sec", "DN/sec"),
-    "flat": ("dimensionless", "dimensionless"),
-    "arclamp": ("electrons/sec", "DN/sec"),
-}
-PREDECESSORS = {
-    "bias": (),
-    "dark": ("bias",),
-    "flat": ("bias", "dark"),
-    "arclamp": ("bias", "dark", "flat"),
-}
-NORMALISED = ("dark", "flat", "arclamp")
 STRUCTURAL = (
     "SIMPLE",
     "BITPIX",
@@ -58,7 +44,6 @@ STRUCTURAL = (
     "PCOUNT",
     "GCOUNT",
 )
-INPUT_KEYS = {"bias": "INPBIAS", "dark": "INPDARK", "flat": "INPFLAT"}
 
 
 @dataclass
@@ -77,12 +62,13 @@ class MasterJob:
     frames: list[str]
     rows: list[dict]
     settings: dict
+    stack: dict
+    flag_fraction: float
     obj: str | None = None
     predecessors: dict[str, str] = field(default_factory=dict)
     order_mask: str | None = None
-    stack: dict = field(default_factory=lambda: {"memory_mb": 384, "band_rows": 0})
+    previous: str | None = None
     threads: int = 1
-    flag_fraction: float = 0.01
     cfghash: str = ""
 
 
@@ -175,7 +161,7 @@ def fits_order(array: np.ndarray, dtype) -> np.ndarray:
 def infobits_for(cnt: np.ndarray, min_count: int, fraction: float, ext: str) -> int:
     """The ext's INFOBITS bit when more than ``fraction`` of pixels have CNT < min_count."""
     low = np.count_nonzero(cnt < min_count) / cnt.size
-    return (1 << INFOBIT[ext]) if low > fraction else 0
+    return (1 << CCD_BIT[ext]) if low > fraction else 0
 
 
 def primary_header(
@@ -185,7 +171,7 @@ def primary_header(
     for key in STRUCTURAL:
         header.remove(key, ignore_missing=True, remove_all=True)
     mjds = [r["MJD_OBS"] for r in used_rows]
-    header["IMTYPE"] = IMTYPES[job.mtype]
+    header["IMTYPE"] = product(job.mtype).imtype
     if job.obj is not None:
         header["OBJECT"] = job.obj
     header["NFRAMES"] = (nframes, "number of frames stacked")
@@ -193,9 +179,8 @@ def primary_header(
     header["MAXMJD"] = (max(mjds), "latest MJD-OBS of the stacked frames")
     header["INFOBITS"] = (infobits, "bit 0/1/2 GREEN/RED/CA_HK: >1% pixels low CNT")
     header["NSIGMA"] = (float(job.settings["nsigma"]), "clip k of the stack")
-    for mtype, key in INPUT_KEYS.items():
-        if mtype in job.predecessors:
-            header[key] = (Path(job.predecessors[mtype]).name, f"master {mtype} used")
+    for mtype, path in job.predecessors.items():
+        header[MASTERS[mtype].input_key] = (Path(path).name, f"master {mtype} used")
     header["SOFTVER"] = (__version__, "kpfmasters version")
     header["CFGHASH"] = (job.cfghash, "hash of the effective configuration")
     header["DATE"] = (
@@ -224,6 +209,21 @@ def inputs_table(rows: list[dict]) -> fits.BinTableHDU:
     return fits.BinTableHDU.from_columns(cols, name="INPUTS")
 
 
+def previous_of(job: MasterJob) -> tuple[Path | None, dict[str, float]]:
+    """The declared previous master (QCPREV) and its median per CCD extension.
+
+    A previous master that cannot be read costs only the comparison: it is logged and the
+    master is written without QCPREV.
+    """
+    if not job.previous:
+        return None, {}
+    try:
+        return Path(job.previous), master_medians(job.previous)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        log.warning("previous master %s cannot be read (%s); not compared", job.previous, exc)
+        return None, {}
+
+
 def build_master(job: MasterJob) -> dict:
     """Make the master described by ``job``; return a summary (for logs and tests)."""
     used_rows = [r for r in job.rows if r["USED"]]
@@ -238,21 +238,21 @@ def build_master(job: MasterJob) -> dict:
     wanted = list(job.settings["extensions"])
     present = frame_extensions(job.frames, wanted)
     nsigma = float(job.settings["nsigma"])
-    bunit_ccd, bunit_hk = BUNITS[job.mtype]
+    bunit_ccd, bunit_hk = product(job.mtype).units
 
     images: dict[str, fits.ImageHDU] = {}
     extras: list[fits.ImageHDU] = []
     counts: dict[str, int] = {}
     summary: dict = {"output": job.output, "extensions": {}}
     infobits = 0
-    previous, previous_medians = previous_master(job.output, job.date)
+    previous, previous_medians = previous_of(job)
     for ext in wanted:
         members = present[ext]
         if not members:
             log.warning("%s: no input frame has extension %s; it is left out", job.output, ext)
             continue
         calib = {}
-        for mtype in PREDECESSORS[job.mtype]:
+        for mtype in product(job.mtype).predecessors:
             image = read_verified(job.predecessors[mtype], ext)
             if image is None:
                 raise InputError(
@@ -268,8 +268,8 @@ def build_master(job: MasterJob) -> dict:
             ext,
             nsigma,
             preprocess=pre,
-            band_rows=int(job.stack.get("band_rows", 0)),
-            memory_mb=int(job.stack.get("memory_mb", 384)),
+            band_rows=int(job.stack["band_rows"]),
+            memory_mb=int(job.stack["memory_mb"]),
             threads=job.threads,
         )
         for name, image in calib.items():

@@ -441,8 +441,8 @@ def stack_files(
     nsigma: float,
     *,
     preprocess: Preprocess | None = None,
+    memory_mb: int,
     band_rows: int = 0,
-    memory_mb: int = 384,
     threads: int | None = None,
     mmap_ok: bool = True,
 ) -> StackResult:
