@@ -188,7 +188,7 @@ def make_preprocess(mtype: str, exptimes: list[float], calib: dict[str, np.ndarr
     """The per-frame calibration applied to each row band before stacking.
 
     dark: (x - bias) / EXPTIME; flat: (x - bias) / EXPTIME - dark;
-    arclamp: ((x - bias) / EXPTIME - dark) / flat (docs/reference.md, 'Predecessors').
+    arclamp: ((x - bias) / EXPTIME - dark) / flat (docs/reference.md, 'Rules').
 
     Parameters
     ----------
