@@ -105,12 +105,8 @@ def master_record(path: str | Path, settings: dict | None = None) -> dict:
         predecessors, previous, SOFTVER, CFGHASH, DATE), ``configuration``, ``qc_source``,
         the ``inputs`` rows (MJD-OBS in days, EXPTIME in s) and, per CCD extension
         (``ccds``), the QC statistics in its BUNIT with ``bunit``, ``nframes`` and ``shape``.
-
-    Raises
-    ------
-    OSError
-        When the file cannot be read as FITS (:func:`assessed_record` turns it into a
-        record with an error).
+        An unreadable file raises (astropy's error); :func:`assessed_record` turns that into
+        a record with an error.
     """
     path = Path(path)
     match = MASTER_NAME_RE.match(path.name)
