@@ -484,8 +484,9 @@ def stack_ccd(job: MasterJob, ext: str, paths: list[str], exptimes: list[float])
     Returns
     -------
     StackResult
-        AVG (float64), UNC (float32), CNT (int32), each (rows, cols), in the master's
-        units (electrons or e-/s; DN or DN/s for CA_HK; dimensionless after a flat division).
+        AVG (float64), UNC (float32), CNT (int32), each (rows, cols), in the units of the
+        calibrated frames: electrons for a bias, e-/s for the others (DN and DN/s for
+        CA_HK); the flat is normalised afterwards.
 
     Raises
     ------
