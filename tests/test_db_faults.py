@@ -26,13 +26,12 @@ import yaml
 from kpfmasters import cli
 from kpfmasters.core.config import DEFAULT_CONFIG_PATH
 from kpfmasters.db import init_schema
-from kpfmasters.db.throwaway import free_port
 from kpfmasters.science.l0to2d import AmpGeometry, convert_l0
 from kpfmasters.science.master import MasterJob, build_master, read_verified
 from kpfmasters.sim.simulate import simulate_night
 from kpfmasters.workflow.pipeline import snakemake_argv
-
-from smk import REPO, Night
+from kpfmasters.workflow.throwaway_pg import free_port
+from tests.smk import REPO, Night
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.xdist_group("postgres")]
 

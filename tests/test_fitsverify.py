@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
-from verifyfits import assert_verified, fitsverify, needs_fitsverify
 
 from kpfmasters import cli
 from kpfmasters.core.config import load_config
@@ -23,6 +22,7 @@ from kpfmasters.plan.plans import Plans
 from kpfmasters.science.l0to2d import AmpGeometry, convert_l0
 from kpfmasters.science.master import MasterJob, build_master
 from kpfmasters.sim.simulate import simulate_night
+from tests.verifyfits import assert_verified, fitsverify, needs_fitsverify
 
 pytestmark = [needs_fitsverify, pytest.mark.xdist_group("fitsverify")]
 

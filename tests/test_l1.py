@@ -14,8 +14,7 @@ from kpfmasters.science.l1 import L1_ORDERLETS, L1Job, build_l1, ext_name, l1_ex
 from kpfmasters.science.stack import stack_cube
 from kpfmasters.science.traces import ORDERLETS, read_traces
 from kpfmasters.sim.simulate import expected_2d, simulate_night
-
-from smk import Night, snakemake
+from tests.smk import Night, snakemake
 
 DATE = "20230606"
 SIZE = 128

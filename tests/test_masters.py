@@ -15,8 +15,7 @@ from kpfmasters.core.config import load_config
 from kpfmasters.science.flat import normalize_flat
 from kpfmasters.science.master import MasterJob, build_master
 from kpfmasters.sim.simulate import simulate_night
-
-from smk import Night, snakemake
+from tests.smk import Night, snakemake
 
 DATE = "20230606"
 COUNTS = {

@@ -29,8 +29,7 @@ from kpfmasters.qa.figures import block_average, display_factor, render_preview
 from kpfmasters.qa.records import check_record
 from kpfmasters.science.qcstats import ccd_statistics, master_medians, qc_cards
 from kpfmasters.sim.simulate import simulate_night
-
-from smk import Night, dry_run_outputs, snakemake
+from tests.smk import Night, dry_run_outputs, snakemake
 
 PREV, DATE = "20230605", "20230606"
 QA = load_config(overrides={"date": DATE})["qa"]  # the shipped thresholds

@@ -16,11 +16,11 @@ from kpfmasters.core.errors import InputError
 from kpfmasters.science.stack import (
     band_height,
     clip_correction,
-    reference_stack,
     stack_cube,
     stack_files,
 )
 from kpfmasters.science.stack_kernel import batcher_network, networks, prune_network
+from tests.reference import reference_stack
 
 BAND_MB = 64  # band buffer budget of these small stacks (MiB)
 

@@ -1,10 +1,11 @@
 """What the calibration database records about one product file, read from the file itself.
 
-A night's 2D masters are ``<masters_root>/<date>/kpf_<date>_master_<type>.fits`` (level 0),
-their 1D spectra ``kpf_<date>_master_<type>_L1.fits`` (level 1, caltype and object of the 2D
-master) and the order traces of its master flat ``kpf_<date>_master_flat_<CCD>.csv`` (level
-0, caltype ``ordertrace``, object ``green_ccd``/``red_ccd``). Other files there are ignored
-with a log line: L2 products, names of another night, hidden temporary files.
+A night's 2D masters are ``<masters_root>/<date>/kpf_<date>_master_<type>.fits`` (level 0;
+docs/reference.md, 'Names'), their 1D spectra ``kpf_<date>_master_<type>_L1.fits`` (level 1,
+caltype and object of the 2D master) and the order traces of its master flat
+``kpf_<date>_master_flat_<CCD>.csv`` (level 0, caltype ``ordertrace``, object
+``green_ccd``/``red_ccd``; docs/reference.md, sections 9 and 10). Other files there are
+ignored with a log line: L2 products, names of another night, hidden temporary files.
 """
 
 from __future__ import annotations
@@ -32,12 +33,36 @@ CONTENT_BITS = {ext: 1 << bit for ext, bit in CCD_BIT.items()}
 LEVEL_2D = 0
 LEVEL_L1 = 1
 TRACE_CALTYPE = "ordertrace"
+TRACE_HEADER = ",Coeff0,Coeff1,Coeff2,Coeff3,BottomEdge,TopEdge,X1,X2,Fiber,Order"
 _CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
 class MasterInfo:
-    """One master file as a ``calfiles`` row sees it (``object`` already lowercase)."""
+    """One master file as a ``calfiles`` row sees it.
+
+    Attributes
+    ----------
+    path : Path
+        The file (absolute).
+    caltype : str
+        Master type from the file name (``bias``, ``dark``, ``flat``, ``arclamp``).
+    object : str
+        PRIMARY ``OBJECT``, lowercase.
+    raw_object : str
+        PRIMARY ``OBJECT`` as written.
+    contentbits : int
+        Bit of each CCD image present (:data:`CONTENT_BITS`: 1 GREEN_CCD, 2 RED_CCD,
+        4 CA_HK).
+    nframes : int
+        PRIMARY ``NFRAMES``.
+    minmjd, maxmjd : float
+        PRIMARY ``MINMJD`` and ``MAXMJD`` (days).
+    infobits : int
+        PRIMARY ``INFOBITS``.
+    checksum : str
+        MD5 hex digest of the file's bytes.
+    """
 
     path: Path
     caltype: str
@@ -53,7 +78,23 @@ class MasterInfo:
 
 
 def parse_night(date: str) -> dt.date:
-    """``YYYYMMDD`` -> date; :class:`NightError` otherwise."""
+    """A night argument as a date.
+
+    Parameters
+    ----------
+    date : str
+        The night, ``YYYYMMDD``.
+
+    Returns
+    -------
+    datetime.date
+        The calendar date.
+
+    Raises
+    ------
+    NightError
+        When it is not 8 digits or not a calendar date.
+    """
     text = str(date)
     try:
         if len(text) != 8 or not text.isdigit():
@@ -64,7 +105,18 @@ def parse_night(date: str) -> dt.date:
 
 
 def md5_file(path: str | Path) -> str:
-    """MD5 hex digest of the file's bytes."""
+    """MD5 hex digest of the file's bytes (read in 1 MiB chunks).
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+
+    Returns
+    -------
+    str
+        32 hex digits.
+    """
     digest = hashlib.md5()
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
@@ -73,7 +125,29 @@ def md5_file(path: str | Path) -> str:
 
 
 def night_master_files(masters_root: str | Path, date: str) -> list[Path]:
-    """The night's master files, sorted by name, as absolute paths (symlinks kept)."""
+    """The night's master files, sorted by name, as absolute paths (symlinks kept).
+
+    Parameters
+    ----------
+    masters_root : str or Path
+        The masters directory.
+    date : str
+        The night, ``YYYYMMDD``.
+
+    Returns
+    -------
+    list of Path
+        ``<masters_root>/<date>/kpf_<date>_master_*.fits`` that are regular files with a
+        2D master name of that night; empty (with a warning) when the night has no
+        directory.
+
+    Raises
+    ------
+    NightError
+        When ``date`` is not a night.
+    InputError
+        When ``masters_root`` is not a directory.
+    """
     parse_night(date)
     root = Path(os.path.abspath(masters_root))
     if not root.is_dir():
@@ -129,7 +203,28 @@ def _open_headers(path: Path) -> list[fits.Header]:
 
 
 def read_master(path: str | Path) -> MasterInfo:
-    """Read a master's ``calfiles`` fields; :class:`InputError` names the file and the problem."""
+    """Read a master's ``calfiles`` fields from its name and headers.
+
+    Every header is read with the data checksums verified; the MD5 of the file is computed.
+
+    Parameters
+    ----------
+    path : str or Path
+        The master file.
+
+    Returns
+    -------
+    MasterInfo
+        Its fields.
+
+    Raises
+    ------
+    InputError
+        Naming the file and the problem: a name that is not a master's, an unreadable or
+        invalid FITS file, IMTYPE not that of the type, an arclamp OBJECT that does not
+        match its file name, or a PRIMARY keyword (OBJECT, NFRAMES, MINMJD, MAXMJD,
+        INFOBITS) missing or of the wrong type.
+    """
     path = Path(os.path.abspath(path))
     match = MASTER_NAME_RE.match(path.name)
     if not match:
@@ -241,15 +336,21 @@ def read_trace_file(path: str | Path, flat: MasterInfo | None) -> MasterInfo:
     """``calfiles`` fields of a trace CSV: level 0, caltype ``ordertrace``, object the CCD
     (lowercase); frames and MJD range of the master flat it was traced on (``flat``, the
     night's; :class:`InputError` when the night has none)."""
-    from kpfmasters.science.traces import read_traces
-
     path = Path(os.path.abspath(path))
     match = TRACE_NAME_RE.match(path.name)
     if not match:
         raise InputError(path, "name is not kpf_<date>_master_flat_<CCD>.csv")
     if flat is None:
         raise InputError(path, "the night has no master flat, expected the flat it was traced on")
-    read_traces(path)  # a valid trace file, or InputError naming the line
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"cannot be read ({exc})") from None
+    if not lines or lines[0].strip() != TRACE_HEADER:
+        got = lines[0].strip() if lines else ""
+        raise InputError(path, f"header is {got!r}, expected {TRACE_HEADER!r} (a trace CSV)")
+    if len([line for line in lines[1:] if line.strip()]) == 0:
+        raise InputError(path, "holds no traces")
     ccd = match.group("ccd")
     try:
         checksum = md5_file(path)

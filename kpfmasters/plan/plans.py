@@ -346,9 +346,6 @@ class Plans:
                     out.append(f"{self.cfg['work_root']}/registered/{date}.json")
         return out
 
-    def masters_of_night(self, date: str) -> list[str]:
-        return self.night_targets(date)
-
     # -- resources -------------------------------------------------------------------------
     def _pixels(self, frames) -> tuple[int, int]:
         """(largest CCD pixel count, number of CCD-like extensions) over ``frames``."""

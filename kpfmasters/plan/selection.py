@@ -205,6 +205,7 @@ class NightPlan:
         return self.selections.get(mtype if tag is None else f"arclamp_{tag}")
 
     def arclamps(self) -> list[Selection]:
+        """The arclamp selections, one per OBJECT value."""
         return [s for k, s in self.selections.items() if k.startswith("arclamp_")]
 
     def unselectable(self) -> list[tuple[str, str]]:
