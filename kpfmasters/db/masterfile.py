@@ -1,13 +1,14 @@
 """What the calibration database records about one product file, read from the file itself.
 
-A night's 2D masters are ``<masters_root>/<date>/kpf_<date>_master_<type>.fits`` (level 0),
-their 1D spectra ``kpf_<date>_master_<type>_L1.fits`` (level 1, caltype and object of the 2D
-master) and the order traces of its master flat ``kpf_<date>_master_flat_<CCD>.csv`` (level
-0, caltype ``ordertrace``, object ``green_ccd``/``red_ccd``); the wavelength solutions
+A night's 2D masters are ``<masters_root>/<date>/kpf_<date>_master_<type>.fits`` (level 0;
+docs/reference.md, 'Names'), their 1D spectra ``kpf_<date>_master_<type>_L1.fits`` (level 1,
+caltype and object of the 2D master) and the order traces of its master flat
+``kpf_<date>_master_flat_<CCD>.csv`` (level 0, caltype ``ordertrace``, object
+``green_ccd``/``red_ccd``; docs/reference.md, sections 9 and 10); the wavelength solutions
 ``kpf_<date>_master_WLS_<tag>_L1.fits`` (level 1, caltype ``wls``, object the arclamp's) and
 the arclamp drift tables ``kpf_<date>_master_arclamp_<tag>_L2.fits`` (level 2, caltype
-``arclamp``, object the arclamp's). Other files there are ignored: names of another night,
-hidden temporary files.
+``arclamp``, object the arclamp's; sections 11 and 12). Other files there are ignored with a
+log line: names of another night, hidden temporary files.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ LEVEL_L1 = 1
 LEVEL_L2 = 2
 TRACE_CALTYPE = "ordertrace"
 WLS_CALTYPE = "wls"
+TRACE_HEADER = ",Coeff0,Coeff1,Coeff2,Coeff3,BottomEdge,TopEdge,X1,X2,Fiber,Order"
 _CHUNK = 1 << 20
 
 
@@ -345,15 +347,21 @@ def read_trace_file(path: str | Path, flat: MasterInfo | None) -> MasterInfo:
     """``calfiles`` fields of a trace CSV: level 0, caltype ``ordertrace``, object the CCD
     (lowercase); frames and MJD range of the master flat it was traced on (``flat``, the
     night's; :class:`InputError` when the night has none)."""
-    from kpfmasters.science.traces import read_traces
-
     path = Path(os.path.abspath(path))
     match = TRACE_NAME_RE.match(path.name)
     if not match:
         raise InputError(path, "name is not kpf_<date>_master_flat_<CCD>.csv")
     if flat is None:
         raise InputError(path, "the night has no master flat, expected the flat it was traced on")
-    read_traces(path)  # a valid trace file, or InputError naming the line
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"cannot be read ({exc})") from None
+    if not lines or lines[0].strip() != TRACE_HEADER:
+        got = lines[0].strip() if lines else ""
+        raise InputError(path, f"header is {got!r}, expected {TRACE_HEADER!r} (a trace CSV)")
+    if len([line for line in lines[1:] if line.strip()]) == 0:
+        raise InputError(path, "holds no traces")
     ccd = match.group("ccd")
     try:
         checksum = md5_file(path)
