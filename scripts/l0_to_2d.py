@@ -1,6 +1,7 @@
 """Snakemake script of rule ``l0_to_2d``: one L0 file -> its 2D file (SPEC section 2)."""
 
 from kpfmasters.errors import InputError
+from kpfmasters.jobs import check_planned_header
 from kpfmasters.l0to2d import AmpGeometry, convert_l0, describe
 from kpfmasters.logs import script_logging
 from kpfmasters.rejects import record_rejection
@@ -15,6 +16,7 @@ with script_logging(snakemake.log[0], "kpfmasters.l0_to_2d") as log:
         snakemake.params.adc_scale,
         threads,
     )
+    check_planned_header(snakemake.input.l0, snakemake.params.planned)
     try:
         report = convert_l0(
             snakemake.input.l0, snakemake.output[0], geometry, snakemake.params.adc_scale, threads

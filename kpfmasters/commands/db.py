@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 
+from ..config import add_config_arguments, config_from_args
 from ..db import connect, describe, resolve_settings
 from ..db.masterfile import CONTENT_BITS, IMTYPES, LEVEL_2D, parse_night
-from ..db.nearest import DEFAULT_MIN_NFRAMES, DEFAULT_REQUIRED_BITS, find_nearest
+from ..db.nearest import DEFAULT_REQUIRED_BITS, find_nearest
 from ..db.register import register_night_report
 from ..db.report import format_row
 from ..db.schema import DEFAULT_PIPELINE_ROLE, DEFAULT_READ_ROLE, check_schema, init_schema
 from ..db.transaction import transaction
-from ..errors import ConfigError, KPFMastersError
+from ..errors import KPFMastersError
 
 HELP = "calibration database: init the schema, register a night, find the nearest master"
 
@@ -80,10 +80,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     reg.add_argument("--date", required=True, type=_night, help="night YYYYMMDD")
     reg.add_argument(
         "--masters-root",
-        default=os.environ.get(MASTERS_ROOT_ENV),
-        help=f"masters root directory (default: ${MASTERS_ROOT_ENV})",
+        help=f"masters root directory (default: the configuration's masters_root, i.e. "
+        f"${MASTERS_ROOT_ENV})",
     )
     reg.add_argument("--comment", help="comment stored with new or changed rows")
+    add_config_arguments(reg)
     _connection_options(reg)
 
     near = sub.add_parser("nearest", help="the nearest usable master to a night")
@@ -97,7 +98,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_REQUIRED_BITS,
         help="content bits that must be present: 1 GREEN, 2 RED, 4 CA_HK (default: 3)",
     )
-    near.add_argument("--min-nframes", type=int, default=DEFAULT_MIN_NFRAMES)
+    near.add_argument(
+        "--min-nframes",
+        type=int,
+        help="fewest frames a master may be made of (default: the configuration's min_frames, "
+        "the rule the workflow's look-ups apply)",
+    )
+    add_config_arguments(near)
     near.add_argument("--level", type=int, default=LEVEL_2D)
     _connection_options(near)
 
@@ -136,6 +143,8 @@ def _run_register(args, conn) -> int:
 
 
 def _run_nearest(args, conn) -> int:
+    if args.min_nframes is None:
+        args.min_nframes = config_from_args(args)["min_frames"]
     found = find_nearest(
         conn,
         args.date,
@@ -181,6 +190,6 @@ ACTIONS = {
 
 def run(args) -> int:
     if args.db_command == "register" and not args.masters_root:
-        raise ConfigError(f"give --masters-root or set {MASTERS_ROOT_ENV}")
+        args.masters_root = config_from_args(args)["masters_root"]
     with contextlib.closing(_connect(args)) as conn:
         return ACTIONS[args.db_command](args, conn)

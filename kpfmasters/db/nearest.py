@@ -22,6 +22,7 @@ import psycopg2
 import psycopg2.extras
 
 from ..errors import NoPredecessorError
+from .connect import pg_reason
 from .errors import DatabaseError
 from .masterfile import CONTENT_BITS, LEVEL_2D, md5_file, parse_night
 from .schema import check_schema
@@ -125,7 +126,7 @@ def find_nearest(
         if not conn.autocommit:
             conn.rollback()  # end the read-only transaction
     except psycopg2.Error as exc:
-        raise DatabaseError(f"nearest-master query failed: {' '.join(str(exc).split())}") from None
+        raise DatabaseError(f"nearest-master query failed: {pg_reason(exc)}") from None
 
     skipped: list[str] = []
     for row in rows:

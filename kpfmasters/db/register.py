@@ -22,6 +22,7 @@ import psycopg2.extras
 
 from .. import __version__
 from ..errors import InputError
+from .connect import pg_reason
 from .errors import DatabaseError
 from .masterfile import LEVEL_2D, MasterInfo, night_master_files, parse_night, read_master
 from .schema import check_schema
@@ -180,7 +181,7 @@ def register_night_report(
             report.rows = [dict(row) for row in cur.fetchall()]
     except psycopg2.Error as exc:
         raise DatabaseError(
-            f"registering night {date} failed, nothing changed: {' '.join(str(exc).split())}"
+            f"registering night {date} failed, nothing changed: {pg_reason(exc)}"
         ) from None
     for row in report.removed:
         log.info("removed row cid %s (%s %r): %s is gone", *row.values())
