@@ -34,18 +34,21 @@ def load_schema() -> dict:
         return yaml.safe_load(handle)
 
 
-def _schema_at(schema: dict, path: list) -> dict:
-    """The sub-schema describing the mapping at ``path`` (keys of nested objects)."""
-    node = schema
-    for part in path:
-        props = node.get("properties") or {}
-        if part in props:
-            node = props[part]
-        elif isinstance(node.get("items"), dict):
-            node = node["items"]
-        else:
-            return {}
-    return node
+def _known_keys(schema: dict, node: dict, depth: int = 0) -> set[str]:
+    """Property names a (sub-)schema allows, through ``$ref``, ``allOf``, ``anyOf``, ``oneOf``."""
+    if depth > 8 or not isinstance(node, dict):
+        return set()
+    keys = set((node.get("properties") or {}).keys())
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target = schema
+        for part in ref[2:].split("/"):
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+        keys |= _known_keys(schema, target, depth + 1)
+    for combo in ("allOf", "anyOf", "oneOf"):
+        for sub in node.get(combo) or []:
+            keys |= _known_keys(schema, sub, depth + 1)
+    return keys
 
 
 def validate_config(config: dict) -> None:
@@ -63,8 +66,10 @@ def validate_config(config: dict) -> None:
     if errors:
         err = errors[0]
         path = list(err.absolute_path)
-        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-            known = sorted((_schema_at(schema, path).get("properties") or {}).keys())
+        if err.validator in ("additionalProperties", "unevaluatedProperties") and isinstance(
+            err.instance, dict
+        ):
+            known = sorted(_known_keys(schema, err.schema))
             unknown = sorted(str(k) for k in err.instance if k not in known)
             if unknown:
                 key = ".".join(str(p) for p in [*path, unknown[0]])

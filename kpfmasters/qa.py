@@ -374,8 +374,23 @@ def master_record(path: str | Path, settings: dict | None = None) -> dict:
     return _clean(record)
 
 
-def check_record(record: dict, qa: dict | None, flag_fraction: float = 0.01) -> list[str]:
-    """Warnings for one master record (:func:`master_record`) under the ``qa`` thresholds."""
+def by_construction(record: dict) -> bool:
+    """Whether a master's low-CNT flag follows from its frame count alone: made of fewer
+    frames than its ``flag_min_count``, every pixel's count is below it (e.g. 5 darks with
+    ``flag_min_count`` 10). Such a flag is information, not a warning."""
+    settings = record.get("configuration") or {}
+    nframes, floor = record.get("nframes"), settings.get("flag_min_count")
+    return isinstance(nframes, int) and isinstance(floor, int) and nframes < floor
+
+
+def check_record(
+    record: dict, qa: dict | None, flag_fraction: float = 0.01, notes: list | None = None
+) -> list[str]:
+    """Warnings for one master record (:func:`master_record`) under the ``qa`` thresholds.
+
+    A low-CNT flag that follows by construction (:func:`by_construction`) is appended to
+    ``notes`` (when given) instead: information, not a warning.
+    """
     qa = qa_settings(qa)
     warnings = []
     label = f"master {record['master']} of {record['date']}"
@@ -405,10 +420,19 @@ def check_record(record: dict, qa: dict | None, flag_fraction: float = 0.01) -> 
             )
         low = stats.get("low_count_fraction")
         if qa["warn_low_count"] and low is not None and low > flag_fraction:
-            warnings.append(
+            text = (
                 f"{label} {ext}: {100 * low:.1f}% of the pixels have a low CNT, more than "
                 f"flag_fraction = {100 * flag_fraction:g}% (INFOBITS set)"
             )
+            if by_construction(record):
+                if notes is not None:
+                    floor = record["configuration"]["flag_min_count"]
+                    notes.append(
+                        f"{text}: by construction, {record['nframes']} frame(s) < "
+                        f"flag_min_count {floor}"
+                    )
+            else:
+                warnings.append(text)
         rn_limit = qa["max_read_noise"]
         for n, rn in enumerate(stats.get("read_noise") or [], start=1):
             if rn_limit is not None and rn is not None and rn > rn_limit:
@@ -430,7 +454,9 @@ def assessed_record(
     path = Path(path)
     try:
         record = master_record(path, settings)
-        record["warnings"] = check_record(record, qa, flag_fraction)
+        notes: list[str] = []
+        record["warnings"] = check_record(record, qa, flag_fraction, notes)
+        record["notes"] = notes
         return record
     except Exception as exc:
         problem = f"{type(exc).__name__}: {exc}"
@@ -447,6 +473,7 @@ def assessed_record(
             "inputs": [],
             "ccds": {},
             "warnings": [f"QA of {path.name} failed ({problem}): no statistics"],
+            "notes": [],
         }
 
 
@@ -466,6 +493,7 @@ def night_report(
     qa = qa_settings(qa)
     records = []
     all_warnings = []
+    all_notes = []
     for path in masters:
         kind = master_kind(path)
         record = assessed_record(
@@ -473,6 +501,7 @@ def night_report(
         )
         record["previews"] = (previews or {}).get(record["master"], {})
         all_warnings += record["warnings"]
+        all_notes += record.get("notes", [])
         records.append(record)
     return _clean(
         {
@@ -483,5 +512,6 @@ def night_report(
             "flag_fraction": flag_fraction,
             "masters": records,
             "warnings": all_warnings,
+            "notes": all_notes,
         }
     )
