@@ -1,0 +1,166 @@
+"""``kpfmasters daily`` stopped by a signal, or killed outright, mid-write.
+
+SIGTERM to ``daily`` reaches its workflow's whole process group (Snakemake and the job
+writing a master); ``daily`` waits for it, exits 143 with one line, and leaves no process
+behind, so the next ``daily`` is the only writer. A ``daily`` killed outright leaves its
+Snakemake running: that run keeps the night (its lock is inherited), so a second ``daily``
+refuses the night, naming the live workflow, and leaves the Snakemake lock alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import time
+import warnings
+
+import pytest
+from astropy.io import fits
+from pausehook import install, paused_env, wait_for_pause
+
+from kpfmasters.masters import read_verified
+from kpfmasters.pipeline import group_alive, snakemake_locks
+from kpfmasters.simulate import simulate_night
+
+from smk import REPO, Night, daily_cmd
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("signals")]
+
+DATE = "20230606"
+COUNTS = {"bias": 3, "dark": 2, "flat": 0, "arclamp": {}}
+
+
+@pytest.fixture
+def night(tmp_path):
+    simulate_night(tmp_path / "sim", DATE, seed=12, size=48, counts=COUNTS, extras=False)
+    n = Night(tmp_path, [DATE])
+    n.hook = install(tmp_path / "hook")
+    return n
+
+
+def plain_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "KPFDB"))}
+    return {**env, "PYTHONPATH": str(REPO)}
+
+
+def child_of(lock) -> int:
+    match = re.match(r"pid \d+ child (\d+) since ", lock.read_text())
+    assert match, lock.read_text()
+    return int(match.group(1))
+
+
+def snapshot(folder) -> dict:
+    return {
+        p.name: (p.stat().st_mtime_ns, p.stat().st_size, hashlib.md5(p.read_bytes()).hexdigest())
+        for p in sorted(folder.iterdir())
+    }
+
+
+def assert_consistent(night: Night) -> None:
+    for kind in ("bias", "dark"):
+        path = night.master(DATE, kind)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with fits.open(path, checksum=True) as hdul:
+                assert hdul[-1].name == "INPUTS"
+        assert read_verified(path, "GREEN_CCD").shape == (48, 48)
+    dark = fits.getheader(night.master(DATE, "dark"))
+    assert dark["INPBIAS"] == night.master(DATE, "bias").name
+    assert not list(night.master(DATE, "bias").parent.glob(".*"))  # no temporaries
+
+
+def test_sigterm_stops_the_whole_run_and_the_next_daily_is_the_only_writer(night, tmp_path):
+    bias = night.master(DATE, "bias")
+    mark, release = tmp_path / "paused", tmp_path / "release"
+    lock = night.work_root / "locks" / f"kpfmasters_{DATE}.lock"
+    first = subprocess.Popen(
+        daily_cmd(night, "--no-register"),
+        env=paused_env(night.hook, REPO, bias, mark, release),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    writer = wait_for_pause(mark, first)
+    child = child_of(lock)
+    assert group_alive(child) and os.getpgid(writer) == child  # the job is in the group
+    first.send_signal(signal.SIGTERM)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 128 + signal.SIGTERM
+    assert err.splitlines() == [
+        f"kpfmasters daily: error: stopped by SIGTERM: the workflow (process group {child}) "
+        "was sent SIGTERM and has ended; run again to finish the night"
+    ]
+    assert out == ""
+    assert not group_alive(child)  # Snakemake and the paused writer are gone
+    with pytest.raises(ProcessLookupError):
+        os.kill(writer, 0)
+    assert not bias.exists()
+    assert lock.read_text() == ""  # released
+
+    second = subprocess.run(
+        daily_cmd(night, "--no-register"), env=plain_env(), capture_output=True, text=True
+    )
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.startswith(f"night {DATE}: 2 master(s) in {night.masters_root}/{DATE}")
+    assert second.stderr == ""
+    log = (night.root / "logs" / f"kpfmasters_{DATE}.out").read_text()
+    assert "rerun-incomplete" not in log.split("=== kpfmasters daily")[-1].replace(
+        "rerun-incomplete: true", ""
+    )
+    assert_consistent(night)
+    before = snapshot(bias.parent)
+    time.sleep(2)
+    assert snapshot(bias.parent) == before  # nobody else writes
+    assert not snakemake_locks(night.work_root)
+
+
+def test_daily_killed_outright_keeps_its_night_until_its_workflow_ends(night, tmp_path):
+    bias = night.master(DATE, "bias")
+    mark, release = tmp_path / "paused", tmp_path / "release"
+    lock = night.work_root / "locks" / f"kpfmasters_{DATE}.lock"
+    first = subprocess.Popen(
+        daily_cmd(night, "--no-register"),
+        env=paused_env(night.hook, REPO, bias, mark, release),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    writer = wait_for_pause(mark, first)
+    child = child_of(lock)
+    os.kill(first.pid, signal.SIGKILL)  # daily only: its Snakemake goes on writing
+    first.communicate(timeout=60)
+    assert group_alive(child)
+    locks = snakemake_locks(night.work_root)
+    assert locks
+
+    second = subprocess.run(
+        daily_cmd(night, "--no-register"), env=plain_env(), capture_output=True, text=True
+    )
+    assert second.returncode == 1
+    assert second.stderr.splitlines() == [
+        f"kpfmasters daily: error: night {DATE} is already being processed (pid {first.pid} "
+        f"child {child} since {lock.read_text().split(' since ')[1]}); lock file {lock}"
+    ]
+    assert snakemake_locks(night.work_root) == locks  # the live run's lock is kept
+    assert group_alive(child) and not bias.exists()
+
+    release.write_text("")  # the orphaned run finishes the night by itself
+    deadline = time.monotonic() + 300
+    while group_alive(child):
+        assert time.monotonic() < deadline, "the orphaned workflow never ended"
+        time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.kill(writer, 0)
+    assert_consistent(night)
+    before = snapshot(bias.parent)
+
+    third = subprocess.run(
+        daily_cmd(night, "--no-register"), env=plain_env(), capture_output=True, text=True
+    )
+    assert third.returncode == 0, third.stderr
+    assert snapshot(bias.parent) == before  # nothing rebuilt: one writer, consistent masters
+    log = (night.root / "logs" / f"kpfmasters_{DATE}.out").read_text()
+    assert "Nothing to be done" in log.split("=== kpfmasters daily")[-1]
