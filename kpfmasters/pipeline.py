@@ -436,7 +436,13 @@ def workflow_failure(text: str, work_root: str | Path) -> str:
             )
         return first
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if "Error" in ln or "error" in ln:
-            return f"snakemake: {ln}"
+    for i, ln in enumerate(lines):
+        match = re.match(r"^(\w*(?:Error|Exception)) in rule (\S+) in file .*:$", ln)
+        if match and i + 1 < len(lines):
+            return f"job {match.group(2)} failed: {lines[i + 1]}"
+    for i in range(len(lines) - 1, -1, -1):
+        ln = lines[i]
+        if re.match(r"^\w*(?:Error|Exception)\b", ln):
+            detail = lines[i + 1] if ln.endswith(":") and i + 1 < len(lines) else ""
+            return f"snakemake: {ln} {detail}".strip()
     return ""

@@ -228,7 +228,18 @@ class Plans:
         if not self.main_process or self.readonly:
             return str(stamp)
         want = {"CFGHASH": self.cfghash(mtype), "SOFTVER": __version__}
-        text = json.dumps(want, sort_keys=True) + "\n"
+        try:
+            made = master.stat()
+            header = fits.getheader(master, 0)
+            agrees = all(str(header.get(k, "")) == v for k, v in want.items())
+        except (OSError, ValueError):
+            made, header, agrees = None, None, True  # no master (or unreadable): made anyway
+        content = dict(want)
+        if not agrees:
+            # Name the master version it replaces: a stamp whose text Snakemake recorded for
+            # another build (its metadata elsewhere) must not read as unchanged.
+            content["replaces"] = [made.st_size, made.st_mtime_ns]
+        text = json.dumps(content, sort_keys=True) + "\n"
         try:
             have = stamp.read_text()
         except OSError:
@@ -236,19 +247,16 @@ class Plans:
         if have != text:
             with atomic_output(stamp) as tmp:
                 Path(tmp).write_text(text)
-        try:
-            made = master.stat()
-            header = fits.getheader(master, 0)
-            agrees = all(str(header.get(k, "")) == v for k, v in want.items())
-        except (OSError, ValueError):
-            return str(stamp)  # no master (or an unreadable one): it is made anyway
+        if made is None:
+            return str(stamp)
         ns = stamp.stat().st_mtime_ns
         if agrees and ns >= made.st_mtime_ns:
             old = made.st_mtime_ns - 1_000_000_000
             os.utime(stamp, ns=(old, old))
-        elif not agrees and ns <= made.st_mtime_ns:
-            now = max(time.time_ns(), made.st_mtime_ns + 1_000_000_000)
-            os.utime(stamp, ns=(now, now))
+        elif not agrees:
+            if ns <= made.st_mtime_ns:
+                now = max(time.time_ns(), made.st_mtime_ns + 1_000_000_000)
+                os.utime(stamp, ns=(now, now))
             if self.log:
                 self.log.info(
                     f"{master.name}: made with CFGHASH {header.get('CFGHASH')!r} SOFTVER "
@@ -257,10 +265,33 @@ class Plans:
                 )
         return str(stamp)
 
-    def l0_identity(self, date: str, stem: str) -> list[int]:
-        """``[size, mtime_ns, ctime_ns, inode]`` of the L0 file as scanned (rule parameter:
-        a re-delivered or replaced file is converted again whatever its modification time)."""
-        return self._frame(date, stem).identity
+    def identity_stamp(self, date: str, stem: str) -> str:
+        """An input of the 2D job: ``<work_root>/2D/<date>/.identity/<stem>.json`` holding
+        the L0 file's ``[size, mtime_ns, ctime_ns, inode]`` as scanned.
+
+        A file re-delivered with an older time (``rsync -t``, ``cp -p``) or replaced in
+        place has another identity: the stamp is rewritten, dated now, and the 2D file is
+        made again; an unchanged identity leaves the stamp (dated before the 2D file) alone,
+        so the L0 file's own time, past or future, never decides. Main process only.
+        """
+        stamp = Path(self.cfg["work_root"]) / "2D" / date / ".identity" / f"{stem}.json"
+        if not self.main_process or self.readonly:
+            return str(stamp)
+        text = json.dumps(self._frame(date, stem).identity) + "\n"
+        try:
+            have = stamp.read_text()
+        except OSError:
+            have = None
+        if have == text:
+            return str(stamp)
+        with atomic_output(stamp) as tmp:
+            Path(tmp).write_text(text)
+        two_d = Path(self.twod_path(date, f"{stem}.fits"))
+        if have is None and two_d.is_file():
+            # first stamp of a 2D file made before stamps existed: taken as made from it
+            old = two_d.stat().st_mtime_ns - 1_000_000_000
+            os.utime(stamp, ns=(old, old))
+        return str(stamp)
 
     def planned_header(self, date: str, stem: str) -> dict:
         """The header values the plan used (IMTYPE, EXPTIME, MJD-OBS); the 2D job checks

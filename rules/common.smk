@@ -52,8 +52,10 @@ PLANS = ws.Plans(
 )
 
 
+# Only this run's nights are made: a master of another night that a night here is
+# calibrated with is an input taken as it is, never rebuilt with this run's settings.
 wildcard_constraints:
-    date=r"\d{8}",
+    date="|".join(NIGHTS),
     stem=r"KP\.\d{8}\.\d{5}\.\d{2}",
     tag=r"[A-Za-z0-9._+-]+",
     digest=r"[0-9a-f]{16}",
@@ -91,9 +93,15 @@ def settings_stamp(mtype):
     return inputs
 
 
-def l0_identity(wildcards):
-    """Rule parameter: the L0 file's size, mtime, ctime and inode as scanned."""
-    return PLANS.l0_identity(wildcards.date, wildcards.stem)
+def identity_stamp(wildcards):
+    """Input function: the L0 file's identity stamp (a re-delivered or replaced file is
+    converted again whatever its modification time)."""
+    return PLANS.identity_stamp(wildcards.date, wildcards.stem)
+
+
+def l0_path(wildcards):
+    """Rule parameter: the L0 file a 2D job converts."""
+    return f"{L0_ROOT}/{wildcards.date}/{wildcards.stem}.fits"
 
 
 def planned_header(wildcards):

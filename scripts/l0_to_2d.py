@@ -11,17 +11,17 @@ with script_logging(snakemake.log[0], "kpfmasters.l0_to_2d") as log:
     threads = int(getattr(snakemake, "threads", 1) or 1)
     log.info(
         "converting %s with %s, adc_scale %s, %d thread(s)",
-        snakemake.input.l0,
+        snakemake.params.l0,
         geometry,
         snakemake.params.adc_scale,
         threads,
     )
-    check_planned_header(snakemake.input.l0, snakemake.params.planned)
+    check_planned_header(snakemake.params.l0, snakemake.params.planned)
     try:
         report = convert_l0(
-            snakemake.input.l0, snakemake.output[0], geometry, snakemake.params.adc_scale, threads
+            snakemake.params.l0, snakemake.output[0], geometry, snakemake.params.adc_scale, threads
         )
     except InputError as exc:
-        record_rejection(snakemake.params.rejects_dir, snakemake.input.l0, exc.problem)
+        record_rejection(snakemake.params.rejects_dir, snakemake.params.l0, exc.problem)
         raise
     log.info("%s", describe(report))

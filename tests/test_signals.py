@@ -164,3 +164,61 @@ def test_daily_killed_outright_keeps_its_night_until_its_workflow_ends(night, tm
     assert snapshot(bias.parent) == before  # nothing rebuilt: one writer, consistent masters
     log = (night.root / "logs" / f"kpfmasters_{DATE}.out").read_text()
     assert "Nothing to be done" in log.split("=== kpfmasters daily")[-1]
+
+
+def test_a_night_needing_another_nights_master_waits_for_its_run(tmp_path):
+    """Night A rebuilds its bias (Snakemake removes the old one first); night B, which has
+    no bias of its own, waits for A's run instead of making nothing and exiting 0."""
+    a, b = "20230605", "20230606"
+    night_a = Night(tmp_path, [a])
+    night_b = Night(tmp_path, [b])
+    for i, (date, counts) in enumerate(
+        ((a, {"bias": 3, "dark": 0, "flat": 0, "arclamp": {}}), (b, {**COUNTS, "bias": 0}))
+    ):
+        sim = simulate_night(tmp_path / f"s{i}", date, seed=50 + i, size=48, counts=counts)
+        night_a.l0_root.mkdir(parents=True, exist_ok=True)
+        sim.l0_dir.rename(night_a.l0_root / date)
+        if i == 0:
+            sim.order_mask_path.rename(night_a.order_mask)
+    first = subprocess.run(
+        daily_cmd(night_a, "--no-register"), env=plain_env(), capture_output=True, text=True
+    )
+    assert first.returncode == 0, first.stderr
+    bias = night_a.master(a, "bias")
+    hook = install(tmp_path / "hook")
+    mark, release = tmp_path / "paused", tmp_path / "release"
+    rebuild = subprocess.Popen(  # a changed setting: A's bias is rebuilt, paused mid-write
+        daily_cmd(night_a, "--no-register", "--set", "masters.bias.nsigma=2.5"),
+        env=paused_env(hook, REPO, bias, mark, release),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_pause(mark, rebuild)
+    assert not bias.exists()
+    other = subprocess.Popen(
+        daily_cmd(night_b, "--no-register"),
+        env=plain_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log_b = night_b.root / "logs" / f"kpfmasters_{b}.out"
+    deadline = time.monotonic() + 60
+    waiting = f"waiting for night {a}'s run (pid {rebuild.pid} child "
+    while not (log_b.is_file() and waiting in log_b.read_text()):
+        assert other.poll() is None, other.communicate()
+        assert time.monotonic() < deadline, "night B never waited"
+        time.sleep(0.1)
+    time.sleep(1)
+    assert other.poll() is None and not night_b.master(b, "dark").exists()
+    release.write_text("")
+    out_a, err_a = rebuild.communicate(timeout=300)
+    out_b, err_b = other.communicate(timeout=300)
+    assert rebuild.returncode == 0, err_a
+    assert other.returncode == 0, err_b
+    assert out_b.startswith(f"night {b}: 1 master(s) in {night_b.masters_root}/{b}")
+    dark = fits.getheader(night_b.master(b, "dark"))
+    assert dark["INPBIAS"] == bias.name  # A's rebuilt bias
+    assert fits.getheader(bias)["NSIGMA"] == 2.5
+    assert f"night {a}'s run has ended; going on" in log_b.read_text()

@@ -119,7 +119,10 @@ def pg_reason(exc: Exception) -> str:
     server; never a password."""
     import psycopg2.errors
 
-    text = redact(" ".join(str(exc).split()))
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    # the server's own words, without the statement's text (LINE 9: FROM calfiles ^)
+    text = redact(" ".join((primary or str(exc)).split()))
     if isinstance(exc, psycopg2.errors.LockNotAvailable):
         text += " (another session holds a lock this needs; lock_timeout reached)"
     elif isinstance(exc, psycopg2.errors.QueryCanceled) and "statement timeout" in text:
