@@ -420,13 +420,17 @@ def workflow_failure(text: str, work_root: str | Path) -> str:
                 "run again once it has ended"
             )
     failed = []
-    matches = list(_RULE_ERROR_RE.finditer(text))
-    for i, match in enumerate(matches):
-        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
-        block = text[match.end() : end]
-        wild = re.search(r"^\s+wildcards: (.+)$", block, re.M)
-        name = match.group(1) + (f" ({wild.group(1).strip()})" if wild else "")
-        if not any(f[0] == name for f in failed):
+    for match in _RULE_ERROR_RE.finditer(text):
+        block_lines = []
+        for line in text[match.end() :].splitlines()[1:]:
+            if not line.startswith((" ", "\t")):
+                break
+            block_lines.append(line)
+        block = "\n".join(block_lines)
+        output = re.search(r"^\s+output: (.+)$", block, re.M)
+        outputs = ", ".join(Path(p).name for p in output.group(1).split(", ")) if output else ""
+        name = match.group(1) + (f" ({outputs})" if outputs else "")
+        if not any(f[0] == name for f in failed):  # a retried job fails twice
             failed.append((name, _job_cause(block)))
     if failed:
         first = f"job {failed[0][0]} failed: {failed[0][1]}"

@@ -478,6 +478,7 @@ def database_lookup(
             mtype,
             max_age_days=max_age_days,
             min_nframes=DEFAULT_MIN_NFRAMES if min_frames is None else min_frames,
+            other_nights=True,  # as on disk: the night's own master is never its predecessor
         )
     finally:
         conn.close()

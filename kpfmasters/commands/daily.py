@@ -140,7 +140,9 @@ def run(args) -> int:
     with night_lock(lock_path, date) as lock, open_log(log_path) as out:
         handler = logging.StreamHandler(out)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger("kpfmasters").addHandler(handler)
+        package_log = logging.getLogger("kpfmasters")
+        package_log.addHandler(handler)
+        propagate, package_log.propagate = package_log.propagate, False  # the terminal: 1 line
         try:
             out.write(f"=== kpfmasters daily {date} started {time.strftime('%c')} ===\n")
             late = wait_for_nights(
@@ -226,5 +228,6 @@ def run(args) -> int:
             out.write(f"=== FAILED: {exc} ===\n")
             raise
         finally:
-            logging.getLogger("kpfmasters").removeHandler(handler)
+            package_log.removeHandler(handler)
+            package_log.propagate = propagate
     return 0

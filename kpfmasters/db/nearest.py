@@ -45,6 +45,7 @@ SELECT *,
 FROM calfiles
 WHERE level = %(level)s AND caltype = %(caltype)s
   AND (%(object)s::text IS NULL OR object = %(object)s::text)
+  AND NOT (%(others)s AND startdate = %(night)s::date)
 ORDER BY age, startdate, cid
 """
 
@@ -105,8 +106,12 @@ def find_nearest(
     required_bits: int = DEFAULT_REQUIRED_BITS,
     min_nframes: int = DEFAULT_MIN_NFRAMES,
     level: int = LEVEL_2D,
+    other_nights: bool = False,
 ) -> Nearest:
-    """Like :func:`nearest_master`, returning the row and the candidates passed over."""
+    """Like :func:`nearest_master`, returning the row and the candidates passed over.
+
+    ``other_nights``: leave the night's own row out (a night that does not make its own
+    master, e.g. its frames were reclassified, is calibrated with another night's)."""
     night = parse_night(date)
     caltype = caltype.lower()
     params = {
@@ -117,6 +122,7 @@ def find_nearest(
         "bits": int(required_bits),
         "min_nframes": int(min_nframes),
         "max_age": None if max_age_days is None else int(max_age_days),
+        "others": bool(other_nights),
     }
     check_schema(conn)
     try:
@@ -160,11 +166,12 @@ def nearest_master(
     required_bits: int = DEFAULT_REQUIRED_BITS,
     min_nframes: int = DEFAULT_MIN_NFRAMES,
     level: int = LEVEL_2D,
+    other_nights: bool = False,
 ) -> Path:
     """Path of the nearest usable master (see the module docstring).
 
     Raises :class:`~kpfmasters.errors.NoPredecessorError` explaining every rule-out.
     """
     return find_nearest(
-        conn, date, caltype, object, max_age_days, required_bits, min_nframes, level
+        conn, date, caltype, object, max_age_days, required_bits, min_nframes, level, other_nights
     ).path
