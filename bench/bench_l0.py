@@ -1,11 +1,11 @@
 """Benchmark: L0 -> 2D of a full-size frame against just reading its amplifier data.
 
-Part of ``make bench`` (``bench_stack.py`` runs it after the stack table) and runnable alone:
+Part of ``make bench`` (after ``bench_stack.py``) and runnable alone:
 
     python bench/bench_l0.py                 # 3 frame kinds, 7 rounds in-process, 5 processes
     python bench/bench_l0.py --quick         # 512 x 512 frames, a smoke run (seconds)
 
-Frames: one simulated bias L0 file per kind (``kpfmasters.simulate``: 4080 x 4080 data per
+Frames: one simulated bias L0 file per kind (``kpfmasters.sim.simulate``: 4080 x 4080 data per
 CCD, two CCDs, SPEC section 1 geometry, CA_HK 255 x 1024): 2 amplifiers plain (139 MB), 4
 amplifiers plain, 2 amplifiers RICE-compressed; generated once and cached under
 ``bench/out/l0_<size>_v<version>/``. Every measurement starts from a warm page cache.
@@ -15,7 +15,7 @@ Two ways, both reported:
 - In-process, in a fresh interpreter with everything imported (``--child``), interleaved
   rounds, median: ``read`` = ``astropy.io.fits.open(memmap=False)`` and ``.data`` of every
   amplifier extension (what "just reading the amplifier data" costs with the usual tool);
-  ``convert`` = :func:`kpfmasters.l0to2d.build_2d` on the opened file (open, overscan
+  ``convert`` = :func:`kpfmasters.science.l0to2d.build_2d` on the opened file (open, overscan
   statistics, conversion, tiling, CA_HK: the whole 2D file in memory), with 1 thread (as the
   ``l0_to_2d`` rule runs it) and with 2; ``convert + write`` = :func:`convert_l0`, the rule's
   function, also writing the file atomically with checksums and fsync.
@@ -35,6 +35,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchlib import kpf_command, machine_details, run_once, warm_cache
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -64,7 +66,7 @@ def frame_dir(workdir: Path, size: int, kind: str) -> Path:
 
 def make_frame(workdir: Path, size: int, kind: str) -> Path:
     """The cached L0 bias frame of ``kind`` (simulated when missing)."""
-    from kpfmasters.simulate import simulate_night
+    from kpfmasters.sim.simulate import simulate_night
 
     out = frame_dir(workdir, size, kind)
     done = out / "done"
@@ -98,9 +100,9 @@ def read_amplifiers(path: Path) -> None:
 
 def child(path: Path, rounds: int, out: Path) -> dict[str, list[float]]:
     """In-process timings (seconds per round) of reading, converting, converting + writing."""
-    from kpfmasters.config import load_config
-    from kpfmasters.l0read import open_l0
-    from kpfmasters.l0to2d import AmpGeometry, build_2d, convert_l0
+    from kpfmasters.core.config import load_config
+    from kpfmasters.science.l0read import open_l0
+    from kpfmasters.science.l0to2d import AmpGeometry, build_2d, convert_l0
 
     cfg = load_config(None)
     geometry, adc_scale = AmpGeometry.from_config(cfg), cfg["adc_scale"]
@@ -141,7 +143,6 @@ def in_process(path: Path, rounds: int, out: Path, env: dict) -> dict[str, list[
 
 def whole_processes(path: Path, count: int, out: Path, env: dict) -> dict[str, tuple]:
     """(median wall s, max peak RSS bytes) of ``count`` read and ``count`` l0to2d processes."""
-    from bench_stack import kpf_command, run_once, warm_cache
 
     commands = {
         "read": [sys.executable, "-c", READ_SCRIPT, str(path)],
@@ -196,9 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child(args.child, rounds, args.out)))
         return 0
-
-    sys.path.insert(0, str(HERE))
-    from bench_stack import machine_details
 
     size = args.size or (512 if args.quick else 4080)
     processes = args.processes or (1 if args.quick else 5)

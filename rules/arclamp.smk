@@ -3,6 +3,7 @@ rule master_arclamp:
     input:
         frames=frames_2d("arclamp"),
         settings=settings_stamp("arclamp"),
+        previous=previous_master("arclamp"),
         bias=predecessor("bias"),
         dark=predecessor("dark"),
         flat=predecessor("flat"),
@@ -17,6 +18,8 @@ rule master_arclamp:
     threads: CFG["stack"]["threads"]
     resources:
         mem_mb=stack_mem_mb("arclamp"),
+        band_mb=CFG["stack"]["memory_mb"],
+        band_rows=CFG["stack"]["band_rows"],
         runtime=stack_runtime("arclamp"),
     params:
         master=master_params("arclamp"),

@@ -15,9 +15,9 @@ os.environ.update(
 from snakemake.logging import logger
 
 from kpfmasters import __version__
-from kpfmasters import workflow_support as ws
-from kpfmasters.config import normalize_config, validate_config
-from kpfmasters.errors import KPFMastersError
+from kpfmasters.plan import plans as ws
+from kpfmasters.core.config import normalize_config, validate_config
+from kpfmasters.core.errors import KPFMastersError
 
 # One line naming the key and what was expected (not the whole schema and configuration).
 try:
@@ -52,8 +52,8 @@ PLANS = ws.Plans(
 )
 
 
-# Only this run's nights are made: a master of another night that a night here is
-# calibrated with is an input taken as it is, never rebuilt with this run's settings.
+# Only this run's nights are made: a master of another night (a predecessor or the previous
+# master found on disk) is an input as it is, never rebuilt.
 wildcard_constraints:
     date="|".join(NIGHTS),
     stem=r"KP\.\d{8}\.\d{5}\.\d{2}",
@@ -89,6 +89,15 @@ def settings_stamp(mtype):
 
     def inputs(wildcards):
         return PLANS.settings_stamp(wildcards.date, mtype, wildcards.get("tag"))
+
+    return inputs
+
+
+def previous_master(mtype):
+    """Input function: the previous night's master of the same kind (QC comparison)."""
+
+    def inputs(wildcards):
+        return PLANS.previous_master(wildcards.date, mtype, wildcards.get("tag"))
 
     return inputs
 

@@ -1,10 +1,10 @@
 """Snakemake script of rule ``l0_to_2d``: one L0 file -> its 2D file (SPEC section 2)."""
 
-from kpfmasters.errors import InputError
-from kpfmasters.jobs import check_planned_header
-from kpfmasters.l0to2d import AmpGeometry, convert_l0, describe
-from kpfmasters.logs import script_logging
-from kpfmasters.rejects import record_rejection
+from kpfmasters.core.errors import InputError
+from kpfmasters.core.logs import script_logging
+from kpfmasters.plan.rejects import record_rejection
+from kpfmasters.science.l0to2d import AmpGeometry, convert_l0, describe
+from kpfmasters.workflow.jobs import check_planned_header
 
 with script_logging(snakemake.log[0], "kpfmasters.l0_to_2d") as log:
     geometry = AmpGeometry(**snakemake.params.geometry)

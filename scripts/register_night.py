@@ -6,9 +6,9 @@ Inputs: the night's masters (only as dependencies). Params: ``masters_root``. Wi
 
 import contextlib
 
+from kpfmasters.core.logs import script_logging
 from kpfmasters.db import connect, describe, register_night, resolve_settings
 from kpfmasters.db.report import format_row, write_receipt
-from kpfmasters.logs import script_logging
 
 with script_logging(snakemake.log[0], "kpfmasters.register_night") as log:
     date = str(snakemake.wildcards.date)

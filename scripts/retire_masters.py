@@ -6,9 +6,9 @@ Params: ``stale`` (paths). Output: a JSON receipt of what moved where. Log: ``lo
 import json
 from pathlib import Path
 
-from kpfmasters.fitsutil import atomic_output
-from kpfmasters.jobs import retire
-from kpfmasters.logs import script_logging
+from kpfmasters.core.logs import script_logging
+from kpfmasters.io.fits import atomic_output
+from kpfmasters.workflow.jobs import retire
 
 with script_logging(snakemake.log[0], "kpfmasters.retire_masters") as log:
     output = Path(snakemake.output[0])

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 # numba's on-disk cache must be writable and private to the test run.
 os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".pytest_cache" / "numba"))
@@ -23,7 +21,7 @@ def repo() -> Path:
 @pytest.fixture
 def base_config() -> dict:
     """The repository's config.yaml, validated and normalised, with tmp-free dummy paths."""
-    from kpfmasters.config import load_config
+    from kpfmasters.core.config import load_config
 
     return load_config(
         overrides={
@@ -56,4 +54,4 @@ def pytest_collection_modifyitems(config, items):
             item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
 
 
-from pgserver import pg_server  # noqa: E402, F401  (session fixture: a throw-away PostgreSQL)
+from tests.pgserver import pg_server  # noqa: E402, F401  (session fixture: a throw-away PostgreSQL)

@@ -24,15 +24,14 @@ import pytest
 import yaml
 
 from kpfmasters import cli
-from kpfmasters.config import DEFAULT_CONFIG_PATH
+from kpfmasters.core.config import DEFAULT_CONFIG_PATH
 from kpfmasters.db import init_schema
-from kpfmasters.db.throwaway import free_port
-from kpfmasters.l0to2d import AmpGeometry, convert_l0
-from kpfmasters.masters import MasterJob, build_master, read_verified
-from kpfmasters.pipeline import snakemake_argv
-from kpfmasters.simulate import simulate_night
-
-from smk import REPO, Night
+from kpfmasters.science.l0to2d import AmpGeometry, convert_l0
+from kpfmasters.science.master import MasterJob, build_master, read_verified
+from kpfmasters.sim.simulate import simulate_night
+from kpfmasters.workflow.pipeline import snakemake_argv
+from kpfmasters.workflow.throwaway_pg import free_port
+from tests.smk import REPO, Night
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.xdist_group("postgres")]
 
@@ -172,7 +171,11 @@ def test_db_register_command_faults_then_a_rerun_registers(
     ]  # fmt: skip
     settings = {"nsigma": 2.1, "flag_min_count": 10, "extensions": ["GREEN_CCD", "RED_CCD"]}
     bias = masters / DATE / f"kpf_{DATE}_master_bias.fits"
-    build_master(MasterJob("bias", DATE, str(bias), [str(p) for p in paths], rows_in, settings))
+    stack = {"memory_mb": 64, "band_rows": 0}
+    job = MasterJob(
+        "bias", DATE, str(bias), [str(p) for p in paths], rows_in, settings, stack, 0.01
+    )
+    build_master(job)
     made = md5(bias)
     argv = ["db", "register", "--date", DATE, "--masters-root", str(masters)]
     right = pgpass(tmp_path / "pgpass", db, db.password)

@@ -17,9 +17,9 @@ import yaml
 from astropy.io import fits
 
 from kpfmasters import cli
-from kpfmasters.config import DEFAULT_CONFIG_PATH, load_config
-from kpfmasters.errors import ConfigError, InputError
-from kpfmasters.l0to2d import (
+from kpfmasters.core.config import DEFAULT_CONFIG_PATH, load_config
+from kpfmasters.core.errors import ConfigError, InputError
+from kpfmasters.science.l0to2d import (
     AmpGeometry,
     clipped_mean,
     convert_l0,
@@ -27,10 +27,11 @@ from kpfmasters.l0to2d import (
     robust_std,
     strip_statistics,
 )
-from kpfmasters.simulate import expected_2d, simulate_night
+from kpfmasters.sim.simulate import expected_2d, simulate_night
 
 REPO = Path(__file__).resolve().parents[1]
 ADC = 65536
+KPF_GEOMETRY = AmpGeometry.from_config(load_config(DEFAULT_CONFIG_PATH, {"date": "20230606"}))
 SMALL = AmpGeometry(prescan=3, serial_overscan=12, parallel_overscan=5, edge_skip=2, nsigma=2.1)
 GAINS = {"GREEN": [1.5, 2.0, 0.75, 1.25], "RED": [1.25, 0.75, 2.0, 1.5]}
 PEDESTALS = {"GREEN": [1000, 1200, 900, 1100], "RED": [800, 950, 1050, 1150]}  # DN
@@ -230,7 +231,7 @@ def test_geometry_from_config_and_validation():
     with pytest.raises(ConfigError, match="serial_overscan"):
         AmpGeometry(prescan=4, serial_overscan=10, parallel_overscan=30, edge_skip=5, nsigma=2)
     with pytest.raises(ConfigError, match="prescan"):
-        AmpGeometry(prescan=-1)
+        AmpGeometry(prescan=-1, serial_overscan=50, parallel_overscan=30, edge_skip=5, nsigma=2.1)
 
 
 def test_orient_flips_views():
@@ -337,7 +338,7 @@ def test_compressed_equals_plain(tmp_path):
 
 def test_noisy_overscan_and_full_geometry(tmp_path):
     """Real widths (4, 50, 30, 5): the level is the clipped mean of the strip's electrons."""
-    geo = AmpGeometry()
+    geo = KPF_GEOMETRY
     drows, dcols = 40, 24
     t = truth_image((drows, 2 * dcols), seed=5)
     rng = np.random.default_rng(9)
@@ -608,7 +609,7 @@ def test_snakemake_script(tmp_path):
     assert "wrote" in text and "GREEN 4 amps" in text and "2 thread(s)" in text
 
 
-# -- a simulated night (kpfmasters.simulate) ----------------------------------------------
+# -- a simulated night (kpfmasters.sim.simulate) ----------------------------------------------
 
 FEW = {"bias": 1, "dark": 1, "flat": 1, "arclamp": {"autocal-une-sky": 1}}
 
@@ -629,7 +630,7 @@ def test_simulated_night_noise_free_matches_expected_2d(tmp_path, amps, compress
     assert len(night.frames) == 4
     for frame in night.frames:
         out = tmp_path / "2D" / frame.path.name.replace(".fits", "_2D.fits")
-        report = convert_l0(frame.path, out, AmpGeometry(), ADC)
+        report = convert_l0(frame.path, out, KPF_GEOMETRY, ADC)
         expected = expected_2d(night, frame)
         for ccd in ("GREEN", "RED"):
             truth = night.ccds[f"{ccd}_CCD"]
@@ -657,7 +658,7 @@ def test_simulated_night_with_noise_within_read_noise(tmp_path):
     halves = ((slice(None), slice(0, 64)), (slice(None), slice(64, 128)))
     for frame in night.frames:
         out = tmp_path / "2D" / frame.path.name
-        report = convert_l0(frame.path, out, AmpGeometry(), ADC)
+        report = convert_l0(frame.path, out, KPF_GEOMETRY, ADC)
         expected = expected_2d(night, frame)
         for ccd in ("GREEN", "RED"):
             truth = night.ccds[f"{ccd}_CCD"]

@@ -11,11 +11,11 @@ import pytest
 from astropy.io import fits
 
 from kpfmasters import __version__
-from kpfmasters.flat import normalize_flat
-from kpfmasters.masters import MasterJob, build_master
-from kpfmasters.simulate import simulate_night
-
-from smk import Night, snakemake
+from kpfmasters.core.config import load_config
+from kpfmasters.science.flat import normalize_flat
+from kpfmasters.science.master import MasterJob, build_master
+from kpfmasters.sim.simulate import simulate_night
+from tests.smk import Night, snakemake
 
 DATE = "20230606"
 COUNTS = {
@@ -171,7 +171,14 @@ def test_flat_recovers_truth(night, ext):
     truth = night.sim.ccds[ext]
     mask = truth.order_mask
     ideal = (truth.prnu * truth.lamp).astype(np.float64)  # noise-free stack, e-/s
-    expected = normalize_flat(ideal, np.zeros_like(ideal), mask).flat
+    flat_cfg = load_config(overrides={"date": DATE})["masters"]["flat"]
+    expected = normalize_flat(
+        ideal,
+        np.zeros_like(ideal),
+        mask,
+        smooth_sigma=flat_cfg["smooth_sigma"],
+        low_light_limit=flat_cfg["low_light_limit"],
+    ).flat
     with hdul(night, "flat") as h:
         flat, stack, unc = h[ext].data, h[f"{ext}_STACK"].data, h[f"{ext}_UNC"].data
     # The unnormalised stack is the lamp times the pixel response: shot noise of 8 x 30 s
@@ -230,10 +237,13 @@ def subset_job(night, n, out):
         for f in frames
     ]
     paths = [str(night.work_root / "2D" / DATE / r["FILENAME"]) for r in rows]
-    from kpfmasters.config import load_config
+    from kpfmasters.core.config import load_config
 
-    settings = load_config(overrides={"date": DATE})["masters"]["bias"]
-    return MasterJob("bias", DATE, str(out), paths, rows, settings)
+    cfg = load_config(overrides={"date": DATE})
+    settings = cfg["masters"]["bias"]
+    return MasterJob(
+        "bias", DATE, str(out), paths, rows, settings, cfg["stack"], cfg["flag_fraction"]
+    )
 
 
 @pytest.mark.parametrize("n, expect_bits", [(6, 7), (14, 0)])

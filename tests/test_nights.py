@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 from astropy.io import fits
 
-from kpfmasters.simulate import simulate_night
-
-from smk import Night, dry_run_outputs, snakemake
+from kpfmasters.sim.simulate import simulate_night
+from tests.smk import Night, dry_run_outputs, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("nights")]
 COUNTS = {"bias": 2, "dark": 2, "flat": 2, "arclamp": {"autocal-une-sky": 2}}

@@ -18,17 +18,16 @@ from pathlib import Path
 import pytest
 from astropy.io import fits
 
-from kpfmasters.config import load_config
-from kpfmasters.errors import InputError
-from kpfmasters.jobs import check_planned_header
-from kpfmasters.naming import master_name, object_tag
-from kpfmasters.pipeline import workflow_failure
-from kpfmasters.qa import check_record
-from kpfmasters.simulate import simulate_night
-from kpfmasters.summary import master_row
-from kpfmasters.workflow_support import Plans
-
-from smk import REPO, Night, daily_cmd, snakemake
+from kpfmasters.core.config import load_config
+from kpfmasters.core.errors import InputError
+from kpfmasters.core.naming import master_name, object_tag
+from kpfmasters.plan.plans import Plans
+from kpfmasters.qa.records import check_record
+from kpfmasters.qa.summary import master_row
+from kpfmasters.sim.simulate import simulate_night
+from kpfmasters.workflow.jobs import check_planned_header
+from kpfmasters.workflow.pipeline import workflow_failure
+from tests.smk import REPO, Night, daily_cmd, snakemake
 
 DATE = "20230606"
 CLI = [sys.executable, "-m", "kpfmasters.cli"]
@@ -451,13 +450,14 @@ def test_a_flag_that_follows_from_the_frame_count_is_a_note():
             "ccds": {"GREEN_CCD": {"low_count_fraction": 1.0, "bunit": "electrons/sec"}},
         }
 
+    qa = load_config(overrides={"date": DATE})["qa"]
     notes: list[str] = []
-    assert check_record(record(5), None, 0.01, notes) == []
+    assert check_record(record(5), qa, 0.01, notes) == []
     assert notes == [
         f"master dark of {DATE} GREEN_CCD: 100.0% of the pixels have a low CNT, more than "
         "flag_fraction = 1% (INFOBITS set): by construction, 5 frame(s) < flag_min_count 10"
     ]
-    assert len(check_record(record(12), None, 0.01, notes)) == 1 and len(notes) == 1
+    assert len(check_record(record(12), qa, 0.01, notes)) == 1 and len(notes) == 1
 
 
 @pytest.mark.slow

@@ -22,10 +22,9 @@ from astropy.io import fits
 from kpfmasters import cli
 from kpfmasters.db import connect, init_schema
 from kpfmasters.db.register import _LOCK_CLASS
-from kpfmasters.simulate import simulate_night
-from kpfmasters.workflow_support import database_lookup
-
-from smk import REPO, Night, daily_cmd
+from kpfmasters.plan.plans import database_lookup
+from kpfmasters.sim.simulate import simulate_night
+from tests.smk import REPO, Night, daily_cmd
 
 pytestmark = [pytest.mark.postgres, pytest.mark.xdist_group("postgres")]
 

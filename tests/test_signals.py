@@ -19,13 +19,12 @@ import warnings
 
 import pytest
 from astropy.io import fits
-from pausehook import install, paused_env, wait_for_pause
 
-from kpfmasters.masters import read_verified
-from kpfmasters.pipeline import group_alive, snakemake_locks
-from kpfmasters.simulate import simulate_night
-
-from smk import REPO, Night, daily_cmd
+from kpfmasters.science.master import read_verified
+from kpfmasters.sim.simulate import simulate_night
+from kpfmasters.workflow.pipeline import group_alive, snakemake_locks
+from tests.pausehook import install, paused_env, wait_for_pause
+from tests.smk import REPO, Night, daily_cmd
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("signals")]
 

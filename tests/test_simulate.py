@@ -11,8 +11,8 @@ import yaml
 from astropy.io import fits
 
 from kpfmasters.cli import main
-from kpfmasters.naming import parse_l0_name
-from kpfmasters.simulate import (
+from kpfmasters.core.naming import parse_l0_name
+from kpfmasters.sim.simulate import (
     Geometry,
     expected_2d,
     load_truth,

@@ -22,9 +22,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from kpfmasters.pipeline import snakemake_argv
-
-from slurm_cluster import SlurmCluster, unavailable_reason
+from kpfmasters.workflow.pipeline import snakemake_argv
+from tests.slurm_cluster import SlurmCluster, unavailable_reason
 
 REPO = Path(__file__).resolve().parents[1]
 DATES = ["20230601", "20230602"]

@@ -24,11 +24,20 @@ from pathlib import Path
 
 import yaml
 
-from ..config import REPO_ROOT, add_config_arguments, config_from_args, merge, snakemake_config
-from ..config import parse_sets as parse_sets  # noqa: PLC0414  (kept importable here)
-from ..errors import KPFMastersError
-from ..fitsutil import atomic_output
-from ..pipeline import (
+from kpfmasters.core.config import (
+    REPO_ROOT,
+    add_config_arguments,
+    config_from_args,
+    merge,
+    merged_config,
+    parse_sets,
+    snakemake_config,
+)
+from kpfmasters.core.errors import KPFMastersError
+from kpfmasters.io.fits import atomic_output
+from kpfmasters.plan.rejects import rejects_dir
+from kpfmasters.qa.summary import format_table, master_row, night_masters
+from kpfmasters.workflow.pipeline import (
     PipelineError,
     night_lock,
     open_log,
@@ -38,8 +47,6 @@ from ..pipeline import (
     workflow_failure,
     workflow_lock,
 )
-from ..rejects import rejects_dir
-from ..summary import format_table, master_row, night_masters
 
 HELP = "run one night's masters through Snakemake and register them (the daily cron job)"
 DEFAULT_PROFILE = REPO_ROOT / "profiles" / "local"
@@ -91,7 +98,7 @@ class _Collect:
 def night_outcome(cfg: dict, date: str, register: bool) -> tuple[list[str], list[str]]:
     """The names of the night's masters due, and what stops the others the night's frames
     allow (a missing order mask, no predecessor), as the workflow decided them."""
-    from ..workflow_support import Plans, database_lookup
+    from kpfmasters.plan.plans import Plans, database_lookup
 
     collect = _Collect()
     plans = Plans(cfg, log=collect, db_lookup=database_lookup if register else None)
@@ -101,8 +108,6 @@ def night_outcome(cfg: dict, date: str, register: bool) -> tuple[list[str], list
 
 def _mask_hint(args, cfg: dict, problems: list[str]) -> list[str]:
     """Name an unset ``KPFPIPE_TEST_DATA`` when the order mask comes from it."""
-    from ..config import merged_config
-
     raw = str(merged_config(args.configfile, parse_sets(args.set)).get("order_mask", ""))
     if "KPFPIPE_TEST_DATA" in raw and not os.environ.get("KPFPIPE_TEST_DATA"):
         return [
@@ -115,8 +120,8 @@ def register_made(cfg: dict, date: str, missing: list[str]) -> tuple[int, str]:
     """Register the masters that were made (after a failed run); ``(rows, problem)``."""
     import contextlib
 
-    from ..db import connect, register_night
-    from ..db.report import write_receipt
+    from kpfmasters.db import connect, register_night
+    from kpfmasters.db.report import write_receipt
 
     try:
         with contextlib.closing(connect()) as conn:

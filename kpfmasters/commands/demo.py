@@ -13,10 +13,10 @@ from pathlib import Path
 
 import yaml
 
-from ..config import add_config_arguments, config_from_args, snakemake_config
-from ..errors import KPFMastersError
-from ..pipeline import PipelineError, run_snakemake, snakemake_argv
-from ..summary import format_table, master_row, night_masters
+from kpfmasters.core.config import add_config_arguments, config_from_args, snakemake_config
+from kpfmasters.core.errors import KPFMastersError
+from kpfmasters.qa.summary import format_table, master_row, night_masters
+from kpfmasters.workflow.pipeline import PipelineError, run_snakemake, snakemake_argv
 
 HELP = "simulate a small night, run the pipeline on it and register it (a tour)"
 
@@ -47,9 +47,9 @@ def add_arguments(parser) -> None:
 
 def register_in_throwaway(base: Path, masters_root: Path, date: str) -> None:
     """Register the night in a PostgreSQL started for the occasion, print the rows."""
-    from ..db import init_schema, register_night
-    from ..db.report import format_row
-    from ..db.throwaway import PgServer, unavailable_reason
+    from kpfmasters.db import init_schema, register_night
+    from kpfmasters.db.report import format_row
+    from kpfmasters.workflow.throwaway_pg import PgServer, unavailable_reason
 
     reason = unavailable_reason()
     if reason:
@@ -68,7 +68,7 @@ def register_in_throwaway(base: Path, masters_root: Path, date: str) -> None:
 
 
 def run(args) -> int:
-    from ..simulate import SIZES, simulate_night
+    from kpfmasters.sim.simulate import SIZES, simulate_night
 
     base = Path(args.dir).resolve()
     size = SIZES.get(args.size) or int(args.size)

@@ -5,8 +5,8 @@ It only shows: nothing is written (no night index, no verdict cache).
 
 from __future__ import annotations
 
-from ..config import add_config_arguments, config_from_args
-from ..workflow_support import Plans
+from kpfmasters.core.config import add_config_arguments, config_from_args
+from kpfmasters.plan.plans import Plans
 
 HELP = "show the frames each master of a night selects (and why others are not)"
 

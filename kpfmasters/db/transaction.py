@@ -14,6 +14,16 @@ def transaction(conn):
     A connection in autocommit mode is switched out of it for the block and back after.
     When the connection is gone (the server died), the rollback cannot run: the block's own
     error propagates, saying why, not "connection already closed".
+
+    Parameters
+    ----------
+    conn : psycopg2 connection
+        The connection.
+
+    Yields
+    ------
+    psycopg2 connection
+        ``conn``, inside the transaction.
     """
     autocommit = conn.autocommit
     if autocommit:

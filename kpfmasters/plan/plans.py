@@ -1,0 +1,504 @@
+"""What the Snakemake rules ask of a night: targets, inputs, parameters and resources.
+
+:class:`Plans` holds one :class:`~kpfmasters.plan.selection.NightPlan` per night (headers scanned
+once, through the night's index file) and answers the input functions of ``rules/*.smk``.
+It is plain Python so the workflow's decisions are tested without Snakemake.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from astropy.io import fits
+
+from kpfmasters import __version__
+from kpfmasters.core.config import config_hash
+from kpfmasters.core.errors import InputError, KPFMastersError, NoPredecessorError
+from kpfmasters.core.naming import MASTER_NAME_RE, master_name, two_d_name
+from kpfmasters.core.products import product
+from kpfmasters.io.fits import atomic_output, check_complete, verify_checksums
+from kpfmasters.plan.night import scan_night
+from kpfmasters.plan.predecessors import Candidate, masters_on_disk, nearest
+from kpfmasters.plan.previous import previous_master
+from kpfmasters.plan.rejects import apply_rejections, rejects_dir
+from kpfmasters.plan.selection import NightPlan, Selection, plan_night
+
+
+def canonical(value):
+    """``value`` with every mapping's keys sorted, recursively.
+
+    Snakemake compares rule parameters by their text, so the same settings written in
+    another key order (another configuration file) must not look like a change.
+    """
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+PLANNED_KEYS = ("IMTYPE", "EXPTIME", "MJD-OBS")
+
+
+class Plans:
+    """Per-night selection plans and the answers the rules need from them.
+
+    ``cfg`` is a normalised configuration (:func:`kpfmasters.core.config.normalize_config`);
+    ``log`` has ``info``/``warning``/``error`` (Snakemake's logger in the workflow).
+    Selection lines are logged once per night, in the main process only.
+    """
+
+    def __init__(
+        self,
+        cfg: dict,
+        main_process: bool = True,
+        log=None,
+        db_lookup=None,
+        readonly: bool = False,
+    ):
+        self.cfg = cfg
+        self.main_process = main_process
+        self.readonly = readonly  # only show: write nothing (no index, no verdict cache)
+        self.log = log
+        self.db_lookup = db_lookup
+        self._plans: dict[str, NightPlan] = {}
+        self._reported: set[str] = set()
+        self._unusable: dict[Path, str] = {}
+        self._verified: dict[str, dict] | None = None  # loaded on first use
+
+    # -- paths -----------------------------------------------------------------------------
+    def index_path(self, date: str) -> str:
+        return f"{self.cfg['work_root']}/index/{date}.json"
+
+    def master_path(self, date: str, mtype: str, tag: str | None = None) -> str:
+        obj = self.selection(date, "arclamp", tag).obj if mtype == "arclamp" else None
+        return f"{self.cfg['masters_root']}/{date}/{master_name(date, mtype, obj)}"
+
+    def twod_path(self, date: str, l0_name: str) -> str:
+        return f"{self.cfg['work_root']}/2D/{date}/{two_d_name(l0_name)}"
+
+    def amp_geometry(self) -> dict:
+        amp = self.cfg["amplifier"]
+        return {
+            "prescan": amp["prescan"],
+            "serial_overscan": amp["serial_overscan"],
+            "parallel_overscan": amp["parallel_overscan"],
+            "edge_skip": amp["overscan_edge_skip"],
+            "nsigma": amp["overscan_nsigma"],
+        }
+
+    # -- plans -----------------------------------------------------------------------------
+    def plan(self, date: str) -> NightPlan:
+        if date not in self._plans:
+            frames, ignored = scan_night(
+                self.cfg["l0_root"],
+                date,
+                self.index_path(date),
+                self.amp_geometry(),
+                write=not self.readonly,
+            )
+            apply_rejections(frames, self.cfg["work_root"], date)
+            self._plans[date] = plan_night(frames, ignored, date, self.cfg)
+        return self._plans[date]
+
+    def selection(self, date: str, mtype: str, tag: str | None = None) -> Selection:
+        sel = self.plan(date).get(mtype, tag if mtype == "arclamp" else None)
+        if sel is None:
+            what = f"arclamp with OBJECT tag {tag!r}" if mtype == "arclamp" else mtype
+            raise KPFMastersError(f"night {date} has no {what} frames")
+        return sel
+
+    def frames_2d(self, date: str, mtype: str, tag: str | None = None) -> list[str]:
+        sel = self.selection(date, mtype, tag)
+        if not sel.buildable:
+            raise KPFMastersError(sel.why_not())
+        return [self.twod_path(date, f.name) for f in sel.used]
+
+    def blocked(self, mtype: str) -> str:
+        """Why no master ``mtype`` can be made in this run at all ('' when it can): the flat
+        needs the order mask file (a missing one would stop Snakemake building anything)."""
+        if mtype == "flat" and not Path(self.cfg["order_mask"]).is_file():
+            return (
+                f"the order mask {self.cfg['order_mask']} does not exist (expected the "
+                "order-trace mask FITS file of configuration key order_mask)"
+            )
+        return ""
+
+    def makes(self, date: str, mtype: str) -> bool:
+        """Whether this run makes ``date``'s own master ``mtype`` (bias, dark or flat)."""
+        return self.selection(date, mtype).buildable and not self.blocked(mtype)
+
+    def predecessor(self, date: str, mtype: str) -> str:
+        """Path of the master ``mtype`` that ``date``'s later masters are calibrated with."""
+        if self.makes(date, mtype):
+            return self.master_path(date, mtype)
+        max_age = self.cfg["predecessors"]["max_age_days"]
+        if self.db_lookup is not None:
+            # the same rule as on disk: a master of at least min_frames frames
+            return str(self.db_lookup(date, mtype, max_age, self.cfg["min_frames"]))
+        candidates = {c.date: c for c in masters_on_disk(self.cfg["masters_root"], mtype)}
+        for night in self.cfg["nights"]:
+            if night not in candidates and night != date:
+                if self.makes(night, mtype):
+                    path = Path(self.master_path(night, mtype))
+                    candidates[night] = Candidate(night, path, pending=True)
+        found = nearest(date, mtype, list(candidates.values()), max_age, self._disk_problem)
+        return str(found.path)
+
+    def previous_master(self, date: str, mtype: str, tag: str | None = None) -> list[str]:
+        """The master a new master's QC compares with (:mod:`kpfmasters.plan.previous`):
+        ``[path]`` of the nearest earlier night's master of the same kind, on disk and
+        readable or made by this run, else ``[]``. Declared as the job's input."""
+        output = self.master_path(date, mtype, tag)
+        pending = {}
+        for night in self.cfg["nights"]:
+            if night < date:
+                sel = self.plan(night).get(mtype, tag if mtype == "arclamp" else None)
+                if sel is not None and sel.buildable and not self.blocked(mtype):
+                    pending[night] = Path(self.master_path(night, mtype, tag))
+        found = previous_master(
+            output, date, pending, lambda p: self._disk_problem(Candidate(p.parent.name, p))
+        )
+        return [str(found)] if found else []
+
+    def _disk_problem(self, cand: Candidate) -> str:
+        """Why a master on disk cannot be a predecessor ('' if it can); logged once.
+
+        Headers, sizes and every HDU's CHECKSUM/DATASUM are checked, so a damaged master is
+        passed over for the next nearest instead of failing the job that would read it. The
+        verdict is remembered per file version (see :meth:`_verified_problem`), so a
+        master is read once, not at every DAG build.
+        """
+        if cand.path not in self._unusable:
+            problem = self._verified_problem(cand.path)
+            self._unusable[cand.path] = problem
+            if problem and self.main_process and self.log:
+                self.log.warning(f"master {cand.path}: {problem}; not used as a predecessor")
+        return self._unusable[cand.path]
+
+    def verified_path(self) -> Path:
+        """``<work_root>/index/verified_masters.json``: checked masters and their verdicts."""
+        return Path(self.cfg["work_root"]) / "index" / "verified_masters.json"
+
+    def _verified_problem(self, path: Path) -> str:
+        """'' when ``path`` is a complete FITS file whose checksums match, else the problem.
+
+        A verdict is remembered for the file version (size, mtime, ctime, inode: a rewrite,
+        a rename over it or a chmod makes it a new one); a failure of the system (permission
+        denied, an I/O error) is not remembered, so it is retried once the cause is fixed.
+        """
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            return f"cannot be read ({exc.strerror})"
+        version = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+        if self._verified is None:
+            try:
+                loaded = json.loads(self.verified_path().read_text())
+            except (OSError, ValueError):
+                loaded = None
+            self._verified = loaded if isinstance(loaded, dict) else {}
+        entry = self._verified.get(str(path))
+        if isinstance(entry, dict) and entry.get("version") == version:
+            return str(entry.get("problem", ""))
+        try:
+            check_complete(path)
+            verify_checksums(path)
+            problem = ""
+        except InputError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, OSError) and cause.errno is not None:
+                return exc.problem  # the system's failure, not the file's: not remembered
+            problem = exc.problem
+        self._verified[str(path)] = {"version": version, "problem": problem}
+        if self.readonly:
+            return problem
+        try:
+            with atomic_output(self.verified_path()) as tmp:
+                Path(tmp).write_text(json.dumps(self._verified, indent=1, sort_keys=True))
+        except OSError:  # a read-only work area only costs the check again next time
+            pass
+        return problem
+
+    def cfghash(self, mtype: str) -> str:
+        """``CFGHASH`` a master ``mtype`` made now gets: the settings that shape it."""
+        effective = {
+            "master": self.cfg["masters"][mtype],
+            "amplifier": self.cfg["amplifier"],
+            "adc_scale": self.cfg["adc_scale"],
+            "min_frames": self.cfg["min_frames"],
+            "flag_fraction": self.cfg["flag_fraction"],
+        }
+        return config_hash(__version__, effective)
+
+    def settings_stamp(self, date: str, mtype: str, tag: str | None = None) -> str:
+        """An input of every master: ``<work_root>/settings/<date>/<master>.json``, holding
+        the ``CFGHASH`` and ``SOFTVER`` the rule would write.
+
+        When the master on disk carries other values (the settings or the software changed,
+        whichever way the night was made: ``daily``, a plain run, another work root), the
+        stamp is dated now, newer than the master, so Snakemake rebuilds it; when the master
+        agrees, the stamp is dated before it. Written in the main process only.
+        """
+        master = Path(self.master_path(date, mtype, tag))
+        stamp = Path(self.cfg["work_root"]) / "settings" / date / f"{master.stem}.json"
+        if not self.main_process or self.readonly:
+            return str(stamp)
+        want = {"CFGHASH": self.cfghash(mtype), "SOFTVER": __version__}
+        try:
+            made = master.stat()
+            header = fits.getheader(master, 0)
+            agrees = all(str(header.get(k, "")) == v for k, v in want.items())
+        except (OSError, ValueError):
+            made, header, agrees = None, None, True  # no master (or unreadable): made anyway
+        content = dict(want)
+        if not agrees:
+            # Name the master version it replaces: a stamp whose text Snakemake recorded for
+            # another build (its metadata elsewhere) must not read as unchanged.
+            content["replaces"] = [made.st_size, made.st_mtime_ns]
+        text = json.dumps(content, sort_keys=True) + "\n"
+        try:
+            have = stamp.read_text()
+        except OSError:
+            have = None
+        if have != text:
+            with atomic_output(stamp) as tmp:
+                Path(tmp).write_text(text)
+        if made is None:
+            return str(stamp)
+        ns = stamp.stat().st_mtime_ns
+        if agrees and ns >= made.st_mtime_ns:
+            old = made.st_mtime_ns - 1_000_000_000
+            os.utime(stamp, ns=(old, old))
+        elif not agrees:
+            if ns <= made.st_mtime_ns:
+                now = max(time.time_ns(), made.st_mtime_ns + 1_000_000_000)
+                os.utime(stamp, ns=(now, now))
+            if self.log:
+                self.log.info(
+                    f"{master.name}: made with CFGHASH {header.get('CFGHASH')!r} SOFTVER "
+                    f"{header.get('SOFTVER')!r}, the rule now writes {want['CFGHASH']!r} "
+                    f"{want['SOFTVER']!r}: rebuilt"
+                )
+        return str(stamp)
+
+    def identity_stamp(self, date: str, stem: str) -> str:
+        """An input of the 2D job: ``<work_root>/2D/<date>/.identity/<stem>.json`` holding
+        the L0 file's ``[size, mtime_ns, ctime_ns, inode]`` as scanned.
+
+        A file re-delivered with an older time (``rsync -t``, ``cp -p``) or replaced in
+        place has another identity: the stamp is rewritten, dated now, and the 2D file is
+        made again; an unchanged identity leaves the stamp (dated before the 2D file) alone,
+        so the L0 file's own time, past or future, never decides. Main process only.
+        """
+        stamp = Path(self.cfg["work_root"]) / "2D" / date / ".identity" / f"{stem}.json"
+        if not self.main_process or self.readonly:
+            return str(stamp)
+        text = json.dumps(self._frame(date, stem).identity) + "\n"
+        try:
+            have = stamp.read_text()
+        except OSError:
+            have = None
+        if have == text:
+            return str(stamp)
+        with atomic_output(stamp) as tmp:
+            Path(tmp).write_text(text)
+        two_d = Path(self.twod_path(date, f"{stem}.fits"))
+        if have is None and two_d.is_file():
+            # first stamp of a 2D file made before stamps existed: taken as made from it
+            old = two_d.stat().st_mtime_ns - 1_000_000_000
+            os.utime(stamp, ns=(old, old))
+        return str(stamp)
+
+    def planned_header(self, date: str, stem: str) -> dict:
+        """The header values the plan used (IMTYPE, EXPTIME, MJD-OBS); the 2D job checks
+        the file it reads still has them."""
+        header = self._frame(date, stem).header
+        return {k: header.get(k) for k in PLANNED_KEYS}
+
+    def _frame(self, date: str, stem: str):
+        for frame in self.plan(date).frames:
+            if frame.stem == stem:
+                return frame
+        raise KPFMastersError(f"night {date} has no L0 file {stem}.fits")
+
+    def future_files(self, date: str) -> list[str]:
+        """Log lines naming L0 files whose modification time lies in the future."""
+        now = time.time_ns()
+        out = []
+        for frame in self.plan(date).frames:
+            if frame.mtime_ns > now + 60 * 10**9:
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(frame.mtime_ns / 1e9))
+                out.append(
+                    f"L0 file {frame.path} has a modification time in the future ({when}); "
+                    "converted anyway (its identity, not its time, decides a rerun)"
+                )
+        return out
+
+    def stale_masters(self, date: str) -> list[str]:
+        """Masters of ``date`` on disk that the night's frames no longer make (their frames
+        were reclassified or removed). A master held back for another reason (no order
+        mask, no predecessor) is not stale: its frames still make it."""
+        night = Path(self.cfg["masters_root"]) / date
+        if not night.is_dir():
+            return []
+        plan = self.plan(date)
+        keep = {
+            Path(self.master_path(date, sel.mtype, sel.tag)).name
+            for sel in plan.selections.values()
+            if sel.buildable
+        }
+        return sorted(
+            str(p)
+            for p in night.glob(f"kpf_{date}_master_*.fits")
+            if MASTER_NAME_RE.match(p.name) and p.name not in keep
+        )
+
+    def retire_target(self, date: str) -> str | None:
+        """The receipt of moving ``date``'s stale masters aside (None when there are none):
+        its name carries a digest of the list, so a new stale master is a new target."""
+        stale = self.stale_masters(date)
+        if not stale:
+            return None
+        digest = config_hash([Path(p).name for p in stale])
+        return f"{self.cfg['work_root']}/retired/{date}/{digest}.json"
+
+    def master_params(self, date: str, mtype: str, tag: str | None = None) -> dict:
+        sel = self.selection(date, mtype, tag)
+        settings = self.cfg["masters"][mtype]
+        return canonical(
+            {
+                "mtype": mtype,
+                "obj": sel.obj,
+                "rows": sel.rows(),
+                "settings": settings,
+                "flag_fraction": self.cfg["flag_fraction"],
+                "version": __version__,
+                "cfghash": self.cfghash(mtype),
+            }
+        )
+
+    # -- targets ---------------------------------------------------------------------------
+    def night_targets(self, date: str) -> list[str]:
+        """Every master of ``date`` that can be made; logs why any other is not made."""
+        plan = self.plan(date)
+        report = self.main_process and date not in self._reported
+        self._reported.add(date)
+        if report and self.log:
+            for line in plan.log_lines():
+                self.log.info(line)
+            for line in self.future_files(date):
+                self.log.warning(line)
+            for path in self.stale_masters(date):
+                self.log.warning(
+                    f"master {path} can no longer be made from the night's frames: moved "
+                    f"aside to {self.cfg['work_root']}/retired/{date}/ and its row removed"
+                )
+        if not plan.frames:
+            if report and self.log:
+                self.log.warning(f"night {date}: no L0 files under {self.cfg['l0_root']}/{date}")
+            return []
+        targets = []
+        for sel in plan.selections.values():
+            if not sel.buildable:
+                if report and self.log:
+                    self.log.warning(sel.why_not())
+                continue
+            if self.blocked(sel.mtype):
+                if report and self.log:
+                    self.log.error(
+                        f"master {sel.label} for {date} not made: {self.blocked(sel.mtype)}"
+                    )
+                continue
+            try:
+                for needed in product(sel.mtype).predecessors:
+                    self.predecessor(date, needed)
+            except NoPredecessorError as exc:
+                if report and self.log:
+                    self.log.error(f"master {sel.label} for {date} not made: {exc}")
+                continue
+            targets.append(self.master_path(date, sel.mtype, sel.tag))
+        return targets
+
+    def all_targets(self) -> list[str]:
+        out = []
+        for date in self.cfg["nights"]:
+            masters = self.night_targets(date)
+            out.extend(masters)
+            retire = self.retire_target(date)
+            if retire:
+                out.append(retire)
+            if masters or retire:
+                out.append(f"{self.cfg['work_root']}/selection/{date}.txt")
+                if self.cfg["database"]["enabled"]:
+                    out.append(f"{self.cfg['work_root']}/registered/{date}.json")
+        return out
+
+    # -- resources -------------------------------------------------------------------------
+    def _pixels(self, frames) -> tuple[int, int]:
+        """(largest CCD pixel count, number of CCD-like extensions) over ``frames``."""
+        npix, next_ = 0, 0
+        for frame in frames:
+            sizes = [r * c for r, c in frame.ccd_shapes.values()]
+            if sizes:
+                npix = max(npix, max(sizes))
+                next_ = max(next_, len(sizes))
+        return npix, next_
+
+    def l0_mem_mb(self, date: str, stem: str, attempt: int = 1) -> int:
+        frames = [f for f in self.plan(date).frames if f.stem == stem]
+        npix, _ = self._pixels(frames)
+        return int((300 + 24 * npix / 2**20) * attempt)
+
+    def stack_mem_mb(self, date: str, mtype: str, tag: str | None, attempt: int = 1) -> int:
+        """Declared memory of a master job (MiB): the band buffer, then per full-size CCD
+        (GREEN, RED; CA_HK is small) the held outputs, the predecessor images and, for the
+        flat, its normalisation images. Measured peaks at 4080 x 4080 (bench/night.sh):
+        bias ~0.85-1.06 GiB, dark ~0.95-1.25, flat ~1.4, arclamp ~1.35; declared: 1.04, 1.29,
+        2.03, 1.78 GiB."""
+        sel = self.selection(date, mtype, tag)
+        npix, next_ = self._pixels(sel.used)
+        kind = product(mtype)
+        per_ext = 16 + 8 * len(kind.predecessors) + 8 * len(kind.extra_images)
+        band = self.cfg["stack"]["memory_mb"]
+        # each gathering thread widens float32 rows in a scratch band: half a frame's share
+        scratch = band * self.cfg["stack"]["threads"] / (2 * max(len(sel.used), 1))
+        fixed = 300 + band + min(scratch, band)
+        return int((fixed + per_ext * min(max(next_, 1), 2) * npix / 2**20) * attempt)
+
+    def qa_mem_mb(self, date: str, attempt: int = 1) -> int:
+        """Previews and statistics of one master: ~1.2 GB measured at 4080 x 4080 per CCD."""
+        npix, _ = self._pixels(self.plan(date).frames)
+        return int((300 + 64 * npix / 2**20) * attempt)
+
+    def stack_runtime(self, date: str, mtype: str, tag: str | None) -> int:
+        sel = self.selection(date, mtype, tag)
+        npix, next_ = self._pixels(sel.used)
+        return 10 + math.ceil(len(sel.used) * next_ * npix / 2e9)
+
+
+def database_lookup(
+    date: str, mtype: str, max_age_days: int | None, min_frames: int | None = None
+) -> Path:
+    """Nearest registered master of ``mtype`` for ``date`` from the calibration database,
+    made of at least ``min_frames`` frames (the rule the disk look-up applies too)."""
+    from kpfmasters.db import connect, nearest_master
+    from kpfmasters.db.nearest import DEFAULT_MIN_NFRAMES
+
+    conn = connect()
+    try:
+        return nearest_master(
+            conn,
+            date,
+            mtype,
+            max_age_days=max_age_days,
+            min_nframes=DEFAULT_MIN_NFRAMES if min_frames is None else min_frames,
+            other_nights=True,  # as on disk: the night's own master is never its predecessor
+        )
+    finally:
+        conn.close()
+
+
+def rejects_dir_for(two_d_path: str, date: str) -> str:
+    """The rejects folder of a 2D file ``<work_root>/2D/<date>/<name>``."""
+    return str(rejects_dir(Path(two_d_path).parents[2], date))

@@ -1,0 +1,154 @@
+"""Reading L0 files safely: structure checks, amplifier extensions, gains (SPEC section 1).
+
+Every problem raises :class:`~kpfmasters.core.errors.InputError` whose message starts with the
+file's path and names the extension or keyword and what was expected. Pixel data are never
+read here except by :func:`amp_data`, which returns the (possibly memory-mapped) array.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.io.fits.verify import VerifyError
+
+from kpfmasters.core.errors import InputError
+
+CCDS = ("GREEN", "RED")
+AMP_NUMBERS = (1, 2, 3, 4)
+
+# What astropy raises on damaged files (bad cards, short buffers, failed decompression).
+READ_ERRORS = (OSError, ValueError, TypeError, KeyError, IndexError, VerifyError)
+
+
+def amp_name(ccd: str, number: int) -> str:
+    """``("GREEN", 2)`` -> ``"GREEN_AMP2"``."""
+    return f"{ccd}_AMP{number}"
+
+
+def check_complete(hdul: fits.HDUList, path: str | Path, size: int) -> None:
+    """Raise when an HDU's data (padded to 2880 bytes) runs past the end of the file.
+
+    ``size`` is the file size in bytes. Uses astropy's ``fileinfo`` (data start and span),
+    so a truncated file is caught before any pixel is read.
+    """
+    for index, hdu in enumerate(hdul):
+        info = hdul.fileinfo(index)
+        end = info["datLoc"] + info["datSpan"]
+        if end > size:
+            raise InputError(
+                path,
+                f"is truncated: HDU {index} ({hdu.name or 'no EXTNAME'}) needs its data to end "
+                f"at byte {end}, but the file has only {size} bytes",
+            )
+
+
+def check_headers(caught: list, path: str | Path) -> None:
+    """Raise when astropy warned that it could not read an HDU's header.
+
+    astropy then silently stops at that HDU, so a file cut (or damaged) inside a header
+    would otherwise look like a file without its later extensions.
+    """
+    for record in caught:
+        text = str(record.message)
+        if "Error validating header for HDU" in text:
+            detail = " ".join(text.split())
+            raise InputError(path, f"is truncated or damaged: a header cannot be read ({detail})")
+
+
+@contextmanager
+def open_l0(path: str | Path):
+    """Open an L0 FITS file read-only (memory-mapped where possible) after checking it.
+
+    Yields the :class:`~astropy.io.fits.HDUList` with every header read. Raises
+    :class:`InputError` for a missing, empty, non-FITS or truncated file.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(
+            path, f"cannot be read ({exc.strerror}), expected an L0 FITS file"
+        ) from exc
+    if size == 0:
+        raise InputError(path, "is empty (0 bytes), expected an L0 FITS file")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hdul = fits.open(path, mode="readonly", memmap=True)
+            hdul.readall()
+    except READ_ERRORS as exc:
+        raise InputError(path, f"is not a readable FITS file ({exc})") from exc
+    try:
+        check_headers(caught, path)
+        check_complete(hdul, path, size)
+        yield hdul
+    finally:
+        hdul.close()
+
+
+def find_amps(hdul: fits.HDUList, path: str | Path, ccd: str) -> list[str]:
+    """Names of the amplifier extensions of ``ccd``: ``[]``, 2 names or 4 names.
+
+    No extension at all means the CCD is absent (not an error). Any set other than AMP1-2 or
+    AMP1-4 raises :class:`InputError` naming the missing extensions.
+    """
+    present = [n for n in AMP_NUMBERS if amp_name(ccd, n) in hdul]
+    if not present or present == [1, 2] or present == [1, 2, 3, 4]:
+        return [amp_name(ccd, n) for n in present]
+    wanted = (1, 2, 3, 4) if max(present) > 2 else (1, 2)
+    missing = ", ".join(amp_name(ccd, n) for n in wanted if n not in present)
+    found = ", ".join(amp_name(ccd, n) for n in present)
+    raise InputError(
+        path,
+        f"extension {missing} missing (found {found}); expected {ccd}_AMP1..AMP2 "
+        f"(2-amplifier mode) or {ccd}_AMP1..AMP4 (4-amplifier mode)",
+    )
+
+
+def amp_gain(header: fits.Header, path: str | Path, ext: str) -> float:
+    """``CCDGAIN`` of an amplifier header, electrons per DN (a finite positive number)."""
+    if "CCDGAIN" not in header:
+        raise InputError(
+            path, f"extension {ext}: keyword CCDGAIN missing, expected the gain in electrons/DN"
+        )
+    value = header["CCDGAIN"]
+    ok = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(float(value)) or float(value) <= 0:
+        raise InputError(
+            path,
+            f"extension {ext}: keyword CCDGAIN is {value!r}, expected a positive number "
+            "(electrons/DN)",
+        )
+    return float(value)
+
+
+def image_data(hdul: fits.HDUList, path: str | Path, ext: str) -> np.ndarray | None:
+    """Pixel array of image extension ``ext`` as stored (None when it has no data).
+
+    Plain images come memory-mapped (no copy); RICE-compressed ones are decompressed here.
+    """
+    hdu = hdul[ext]
+    if not hdu.is_image:
+        raise InputError(path, f"extension {ext} is a {type(hdu).__name__}, expected an image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return hdu.data
+    except MemoryError:
+        raise
+    except Exception as exc:  # astropy/cfitsio raise many types for damaged tiles
+        raise InputError(path, f"extension {ext}: image data cannot be read ({exc})") from exc
+
+
+def amp_data(hdul: fits.HDUList, path: str | Path, ext: str) -> np.ndarray:
+    """The 2-D pixel array (rows, cols) of amplifier extension ``ext`` (raw DN * scale)."""
+    data = image_data(hdul, path, ext)
+    if data is None or data.ndim != 2:
+        shape = "no data" if data is None else f"shape {data.shape}"
+        raise InputError(path, f"extension {ext} has {shape}, expected a 2-D image")
+    return data
