@@ -18,7 +18,6 @@ import datetime as dt
 import json
 import logging
 import os
-import shlex
 import time
 from pathlib import Path
 
@@ -172,7 +171,7 @@ def run(args) -> int:
             argv = snakemake_argv(
                 {}, workdir=work, profile=args.profile, cores=args.cores, configfiles=[cfg_file]
             )
-            out.write("$ " + shlex.join(argv) + "\n")
+            out.write("$ " + " ".join(argv) + "\n")
             rejects = rejects_dir(work, date)
             before = set(rejects.glob("*.json")) if rejects.is_dir() else set()
             offset = log_path.stat().st_size
