@@ -148,7 +148,13 @@ def run(args) -> int:
         package_log.addHandler(handler)
         propagate, package_log.propagate = package_log.propagate, False  # the terminal: 1 line
         try:
-            out.write(f"=== kpfmasters daily {date} started {time.strftime('%c')} ===\n")
+            try:
+                out.write(f"=== kpfmasters daily {date} started {time.strftime('%c')} ===\n")
+                out.flush()
+            except OSError as exc:
+                raise KPFMastersError(
+                    f"{log_path}: cannot write the run's log ({exc.strerror or exc})"
+                ) from None
             late = wait_for_nights(
                 lock_path.parent, date, cfg["predecessors"]["max_age_days"], args.wait, out
             )

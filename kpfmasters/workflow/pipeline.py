@@ -287,9 +287,14 @@ class NightLock:
     def record(self, child: int | None = None) -> None:
         """Write ``pid <daily> [child <workflow pid>] since <time>`` into the lock file."""
         text = f"pid {os.getpid()}" + (f" child {child}" if child else "") + f" since {self.since}"
-        os.lseek(self.fd, 0, os.SEEK_SET)
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, text.encode())
+        try:
+            os.lseek(self.fd, 0, os.SEEK_SET)
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, text.encode())
+        except OSError as exc:
+            raise KPFMastersError(
+                f"{self.path}: cannot write the night lock ({exc.strerror or exc})"
+            ) from None
 
 
 def lock_holder(path: Path) -> str:
