@@ -221,3 +221,46 @@ def test_a_night_needing_another_nights_master_waits_for_its_run(tmp_path):
     assert dark["INPBIAS"] == bias.name  # A's rebuilt bias
     assert fits.getheader(bias)["NSIGMA"] == 2.5
     assert f"night {a}'s run has ended; going on" in log_b.read_text()
+
+
+def test_a_file_replaced_between_planning_and_its_job_fails_that_frame(night, tmp_path):
+    """With one core, the run pauses inside the first 2D job; another L0 file, not yet
+    converted, is then replaced by an exposure with another MJD-OBS. Its job reads the new
+    header, sees it is not the one the night was planned with, and fails the frame; the next
+    run plans the file as it now is and converts it."""
+    l0 = sorted((night.l0_root / DATE).glob("*.fits"))
+    first_2d = night.work_root / "2D" / DATE / f"{l0[0].stem}_2D.fits"
+    mark, release = tmp_path / "paused", tmp_path / "release"
+    run = subprocess.Popen(
+        daily_cmd(night, "--no-register", "--cores", "1"),
+        env=paused_env(night.hook, REPO, first_2d, mark, release),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_pause(mark, run)
+    converted = {p.name for p in (night.work_root / "2D" / DATE).glob("*_2D.fits")}
+    target = next(p for p in l0[1:] if f"{p.stem}_2D.fits" not in converted)
+    planned = fits.getheader(target)["MJD-OBS"]
+    replacement = target.with_name("incoming.tmp")
+    with fits.open(target) as hdul:  # re-delivered with a corrected time
+        hdul[0].header["MJD-OBS"] = planned + 0.001
+        hdul.writeto(replacement, output_verify="silentfix")
+    os.replace(replacement, target)
+    release.write_text("")
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 1
+    now = fits.getheader(target)["MJD-OBS"]
+    cause = (
+        f"{target}: PRIMARY header changed after planning: MJD-OBS is {now!r}, the plan read "
+        f"{planned!r} (the file was replaced; the next run plans it again)"
+    )
+    assert f"job l0_to_2d ({target.stem}_2D.fits) failed: {cause}" in err
+    assert len(err.splitlines()) == 1
+    assert not (night.work_root / "2D" / DATE / f"{target.stem}_2D.fits").exists()
+
+    again = subprocess.run(
+        daily_cmd(night, "--no-register"), env=plain_env(), capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr
+    assert (night.work_root / "2D" / DATE / f"{target.stem}_2D.fits").is_file()
