@@ -21,12 +21,13 @@ from kpfmasters.workflow.pipeline import PipelineError, run_snakemake, snakemake
 HELP = "simulate a small night, run the pipeline on it and register it (a tour)"
 
 # What KPF takes in a day: about 22 biases, 5 darks, a long flat sequence (about 100) and
-# 5-10 frames of each lamp, so the demo's masters look like the instrument's.
+# up to 10 frames of each lamp, so the demo's masters look like the instrument's. (A lamp
+# of exactly flag_min_count frames would flag every pixel that lost one sample to clipping.)
 DEMO_COUNTS = {
     "bias": 22,
     "dark": 5,
     "flat": 100,
-    "arclamp": {"autocal-thar-all-eve": 10, "autocal-une-sky": 5},
+    "arclamp": {"autocal-thar-all-eve": 10, "autocal-une-sky": 10},
 }
 
 
