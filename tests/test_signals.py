@@ -26,7 +26,7 @@ from kpfmasters.workflow.pipeline import group_alive, snakemake_locks
 from tests.pausehook import install, paused_env, wait_for_pause
 from tests.smk import REPO, Night, daily_cmd
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("signals")]
+pytestmark = [pytest.mark.slow]  # each test has its own night: they spread over workers
 
 DATE = "20230606"
 COUNTS = {"bias": 3, "dark": 2, "flat": 0, "arclamp": {}}
