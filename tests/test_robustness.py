@@ -163,7 +163,7 @@ def inputs(path: Path) -> dict[str, tuple[bool, str]]:
 def all_input_names(run: Run) -> set[str]:
     names = set()
     for path in run.night.masters_root.rglob("*.fits"):
-        if not path.name.endswith(("_L1.fits", "_L2.fits")):  # 1D products list no L0 files
+        if not path.name.endswith("_L1.fits"):  # an L1's INPUTS lists its 2D master
             names |= set(inputs(path))
     return names
 
@@ -186,10 +186,10 @@ def test_the_run_succeeds_and_builds_exactly_what_it_can(broken):
         f"{DATE}/kpf_{DATE}_master_flat.fits",
         f"{ONE_FLAT}/kpf_{ONE_FLAT}_master_arclamp_autocal-une-sky.fits",
     ]
-    # Only masters (other products, e.g. QA documents, may sit beside them), no temporary
-    # file, no directory made from an OBJECT value.
-    two_d = [m for m in made if not m.endswith(("_L1.fits", "_L2.fits", ".csv"))]
-    assert [m for m in two_d if "_master_" in m or "/." in m] == sorted(expected)
+    # Only masters (other products, e.g. QA documents, L1 files and trace files, may sit
+    # beside them), no temporary file, no directory made from an OBJECT value.
+    masters = [m for m in made if ("_master_" in m and m.endswith(".fits")) or "/." in m]
+    assert [m for m in masters if not m.endswith("_L1.fits")] == sorted(expected)
     assert sorted(p.name for p in broken.night.masters_root.iterdir()) == [DATE, ONE_FLAT]
 
 
@@ -361,11 +361,10 @@ def test_master_without_a_predecessor_in_reach_is_dropped_with_an_error(broken):
 
 @needs_fitsverify
 def test_every_product_of_the_broken_night_passes_fitsverify(broken):
-    products = sorted(broken.night.masters_root.rglob("*.fits"))
-    masters = [p for p in products if not p.name.endswith(("_L1.fits", "_L2.fits"))]
+    masters = sorted(broken.night.masters_root.rglob("*.fits"))
     two_d = sorted((broken.night.work_root / "2D").rglob("*.fits"))
-    assert (len(masters), len(two_d)) == (6, 13)
-    masters = products  # the L1 files are verified too
+    l1 = [p for p in masters if p.name.endswith("_L1.fits")]
+    assert (len(masters) - len(l1), len(two_d)) == (6, 13) and l1  # the L1 files too
     for path in masters + two_d:
         assert_verified(path)
 
