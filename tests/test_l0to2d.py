@@ -596,11 +596,13 @@ def test_snakemake_script(tmp_path):
         "edge_skip": 2,
         "nsigma": 2.1,
     }
+    planned = {k: fits.getheader(l0).get(k) for k in ("IMTYPE", "EXPTIME", "MJD-OBS")}
     snakemake = SimpleNamespace(
-        input=SimpleNamespace(l0=str(l0)),
         output=[str(out)],
         log=[str(log)],
-        params=SimpleNamespace(geometry=geometry, adc_scale=ADC),
+        params=SimpleNamespace(
+            l0=str(l0), geometry=geometry, adc_scale=ADC, planned=planned, rejects_dir=""
+        ),
         threads=2,
     )
     runpy.run_path(str(REPO / "scripts" / "l0_to_2d.py"), init_globals={"snakemake": snakemake})

@@ -54,6 +54,16 @@ class Frame:
     ccd_shapes: dict = field(default_factory=dict)
     problem: str = ""
     note: str = ""
+    # The rest of the file's identity: a file replaced in place or re-delivered with an
+    # older time (``rsync -t``, ``cp -p``) changes its ctime or inode even when size and
+    # mtime stay.
+    ctime_ns: int = 0
+    inode: int = 0
+
+    @property
+    def identity(self) -> list[int]:
+        """``[size, mtime_ns, ctime_ns, inode]``: what says the file is the one scanned."""
+        return [self.size, self.mtime_ns, self.ctime_ns, self.inode]
 
     @property
     def stem(self) -> str:
@@ -197,7 +207,14 @@ def raw_object_value(path: Path) -> str | None:
 def read_frame(path: Path, amp_geometry: dict) -> Frame:
     """Read one L0 file's headers (never its pixels) into a :class:`Frame`."""
     stat = path.stat()
-    frame = Frame(name=path.name, path=str(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    frame = Frame(
+        name=path.name,
+        path=str(path),
+        size=stat.st_size,
+        mtime_ns=stat.st_mtime_ns,
+        ctime_ns=stat.st_ctime_ns,
+        inode=stat.st_ino,
+    )
     if stat.st_size == 0:
         frame.problem = "empty file (0 bytes)"
         return frame
@@ -258,12 +275,17 @@ def list_l0_files(l0_root: str | Path, date: str) -> tuple[list[Path], list[tupl
 
 
 def scan_night(
-    l0_root: str | Path, date: str, index_path: str | Path | None, amp_geometry: dict
+    l0_root: str | Path,
+    date: str,
+    index_path: str | Path | None,
+    amp_geometry: dict,
+    write: bool = True,
 ) -> tuple[list[Frame], list[tuple[str, str]]]:
     """All L0 frames of ``date`` (sorted by name) and the ignored files with reasons.
 
-    With ``index_path``, unchanged files are taken from the index and the index is rewritten
-    (atomically) only when something changed.
+    With ``index_path``, unchanged files (same size, mtime, ctime and inode) are taken from
+    the index and the index is rewritten (atomically) only when something changed, and only
+    with ``write`` (a command that only shows writes nothing).
     """
     paths, ignored = list_l0_files(l0_root, date)
     cached: dict[str, dict] = {}
@@ -279,12 +301,13 @@ def scan_night(
     for path in paths:
         stat = path.stat()
         entry = cached.get(str(path))
-        if entry and entry["size"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns:
+        identity = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+        if entry and Frame(**entry).identity == identity:
             frames.append(Frame(**entry))
         else:
             frames.append(read_frame(path, amp_geometry))
             changed = True
-    if index_path and (changed or len(frames) != len(cached)):
+    if write and index_path and (changed or len(frames) != len(cached)):
         payload = {
             "version": INDEX_VERSION,
             "date": date,
