@@ -71,6 +71,8 @@ class Plans:
             "parallel_overscan": amp["parallel_overscan"],
             "edge_skip": amp["overscan_edge_skip"],
             "nsigma": amp["overscan_nsigma"],
+            "flip_2amp": list(amp["flip_updown"]["two_amp"]),
+            "flip_4amp": list(amp["flip_updown"]["four_amp"]),
         }
 
     # -- plans -----------------------------------------------------------------------------
