@@ -23,6 +23,7 @@ COMMANDS = {
     "stack": "stack",
     "db": "db",
     "daily": "daily",
+    "rejects": "rejects",
     "demo": "demo",
 }
 

@@ -124,11 +124,8 @@ def merge(base: dict, overrides: dict) -> dict:
     return out
 
 
-def load_config(
-    path: str | Path | None = None, overrides: dict | None = None, environ: dict | None = None
-) -> dict:
-    """Load, merge, validate and normalise a configuration file (default ``config.yaml``)."""
-    path = Path(path) if path else DEFAULT_CONFIG_PATH
+def read_yaml(path: Path) -> dict:
+    """A YAML mapping from ``path`` (an empty file is an empty mapping)."""
     try:
         with open(path) as handle:
             raw = yaml.safe_load(handle) or {}
@@ -136,6 +133,25 @@ def load_config(
         raise ConfigError(f"{path}: cannot read configuration ({exc.strerror})") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of configuration keys")
+    return raw
+
+
+def load_config(
+    path: str | Path | None = None, overrides: dict | None = None, environ: dict | None = None
+) -> dict:
+    """Load, merge, validate and normalise a configuration (default ``config.yaml``).
+
+    A file given as ``path`` is a layer over ``config.yaml``, merged as Snakemake merges
+    ``--configfile`` (sections recursively, lists replaced), so a file holding only what it
+    changes (e.g. ``config/kpf_production.yaml``) works the same on the command line and in
+    the workflow; ``overrides`` go on top.
+    """
+    path = Path(path) if path else DEFAULT_CONFIG_PATH
+    raw = read_yaml(DEFAULT_CONFIG_PATH)
+    if path.resolve() != DEFAULT_CONFIG_PATH.resolve():
+        raw = merge(raw, read_yaml(path))
     if overrides:
         raw = merge(raw, overrides)
     validate_config(raw)

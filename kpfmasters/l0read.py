@@ -57,6 +57,34 @@ def check_complete(hdul: fits.HDUList, path: str | Path, size: int) -> None:
             )
 
 
+def unparsable_card(header: fits.Header) -> str | None:
+    """The first card of ``header`` whose value astropy cannot parse (e.g. ``EXPTIME =
+    0.0.0``, an unquoted string, a control character or an unclosed quote), shown as
+    ``repr`` of its 80 characters without trailing blanks; None when every card parses."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # astropy warns, then raises VerifyError
+        for card in header.cards:
+            try:
+                card.value  # noqa: B018  (parses the card)
+            except (VerifyError, ValueError):
+                # the card as read (its image would be re-formatted, and fail again)
+                text = getattr(card, "_image", None) or f"{card.keyword} = ..."
+                return repr(text.rstrip())
+    return None
+
+
+def check_cards(hdul: fits.HDUList, path: str | Path) -> None:
+    """Raise :class:`InputError` naming the HDU and the card when a header card of ``hdul``
+    cannot be parsed (the file would also not be writable as a 2D file)."""
+    for index, hdu in enumerate(hdul):
+        bad = unparsable_card(hdu.header)
+        if bad is not None:
+            name = hdu.name or f"HDU {index}"
+            raise InputError(
+                path, f"{name} header card {bad} cannot be parsed, expected a valid FITS card"
+            )
+
+
 def check_headers(caught: list, path: str | Path) -> None:
     """Raise when astropy warned that it could not read an HDU's header.
 
@@ -96,6 +124,7 @@ def open_l0(path: str | Path):
         raise InputError(path, f"is not a readable FITS file ({exc})") from exc
     try:
         check_headers(caught, path)
+        check_cards(hdul, path)  # before fileinfo, which "fixes" bad cards silently
         check_complete(hdul, path, size)
         yield hdul
     finally:
@@ -108,6 +137,14 @@ def find_amps(hdul: fits.HDUList, path: str | Path, ccd: str) -> list[str]:
     No extension at all means the CCD is absent (not an error). Any set other than AMP1-2 or
     AMP1-4 raises :class:`InputError` naming the missing extensions.
     """
+    names = [hdu.name.upper() for hdu in hdul]
+    for n in AMP_NUMBERS:
+        if names.count(amp_name(ccd, n)) > 1:
+            raise InputError(
+                path,
+                f"extension {amp_name(ccd, n)} appears {names.count(amp_name(ccd, n))} times, "
+                "expected once",
+            )
     present = [n for n in AMP_NUMBERS if amp_name(ccd, n) in hdul]
     if not present or present == [1, 2] or present == [1, 2, 3, 4]:
         return [amp_name(ccd, n) for n in present]

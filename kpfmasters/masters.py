@@ -58,6 +58,8 @@ STRUCTURAL = (
     "GCOUNT",
 )
 INPUT_KEYS = {"bias": "INPBIAS", "dark": "INPDARK", "flat": "INPFLAT"}
+MASKED = ("GREEN_CCD", "RED_CCD")  # the CCDs an order mask describes (never CA_HK)
+MJD_UNIX = 40587.0  # MJD of 1970-01-01T00:00:00 UTC
 
 
 @dataclass
@@ -190,6 +192,7 @@ def primary_header(
     header["NFRAMES"] = (nframes, "number of frames stacked")
     header["MINMJD"] = (min(mjds), "earliest MJD-OBS of the stacked frames")
     header["MAXMJD"] = (max(mjds), "latest MJD-OBS of the stacked frames")
+    add_mid_time(header, min(mjds), max(mjds))
     header["INFOBITS"] = (infobits, "bit 0/1/2 GREEN/RED/CA_HK: >1% pixels low CNT")
     header["NSIGMA"] = (float(job.settings["nsigma"]), "clip k of the stack")
     for mtype, key in INPUT_KEYS.items():
@@ -204,11 +207,29 @@ def primary_header(
     return header
 
 
+def mid_time(minmjd: float, maxmjd: float) -> tuple[float, str]:
+    """(MIDMJD, DATE-MID): the mean of ``minmjd`` and ``maxmjd`` (days), and the same
+    instant as ISO 8601 UTC to the millisecond (``YYYY-MM-DDTHH:MM:SS.sss``)."""
+    mid = 0.5 * (float(minmjd) + float(maxmjd))
+    when = dt.datetime(1970, 1, 1) + dt.timedelta(days=mid - MJD_UNIX)
+    return mid, when.isoformat(timespec="milliseconds")
+
+
+def add_mid_time(header: fits.Header, minmjd: float, maxmjd: float) -> None:
+    """MIDMJD and DATE-MID cards (see :func:`mid_time`) after MAXMJD."""
+    mid, iso = mid_time(minmjd, maxmjd)
+    header["MIDMJD"] = (mid, "mean of MINMJD and MAXMJD")
+    header["DATE-MID"] = (iso, "MIDMJD as UTC date and time")
+
+
 def _float(value) -> float:
     return float("nan") if value is None else float(value)
 
 
-def inputs_table(rows: list[dict]) -> fits.BinTableHDU:
+def inputs_table(rows: list[dict], notes: list[str] | None = None) -> fits.BinTableHDU:
+    """The INPUTS table: one row per picked frame; ``notes`` (e.g. an extension left out
+    and why) become COMMENT cards of its header."""
+
     def width(key):
         return max([1, *(len(str(r[key]).encode()) for r in rows)])
 
@@ -220,7 +241,10 @@ def inputs_table(rows: list[dict]) -> fits.BinTableHDU:
         fits.Column("USED", "L", array=[bool(r["USED"]) for r in rows]),
         fits.Column("REASON", f"{width('REASON')}A", array=[r.get("REASON", "") for r in rows]),
     ]
-    return fits.BinTableHDU.from_columns(cols, name="INPUTS")
+    table = fits.BinTableHDU.from_columns(cols, name="INPUTS")
+    for note in notes or []:
+        table.header.add_comment(note)
+    return table
 
 
 def build_master(job: MasterJob) -> dict:
@@ -244,6 +268,7 @@ def build_master(job: MasterJob) -> dict:
     counts: dict[str, int] = {}
     summary: dict = {"output": job.output, "extensions": {}}
     infobits = 0
+    notes: list[str] = []
     previous, previous_medians = previous_master(job.output, job.date)
     for ext in wanted:
         members = present[ext]
@@ -254,11 +279,17 @@ def build_master(job: MasterJob) -> dict:
         for mtype in PREDECESSORS[job.mtype]:
             image = read_verified(job.predecessors[mtype], ext)
             if image is None:
-                raise InputError(
-                    job.predecessors[mtype],
-                    f"has no extension {ext}, needed to calibrate the {job.mtype} frames",
+                note = (
+                    f"{ext} left out: the master {mtype} {Path(job.predecessors[mtype]).name} "
+                    f"has no {ext} extension to calibrate the {job.mtype} frames with"
                 )
+                log.warning("%s: %s", job.output, note)
+                notes.append(note)
+                break
             calib[mtype] = image
+        if len(calib) < len(PREDECESSORS[job.mtype]):
+            del calib
+            continue
         paths = [job.frames[i] for i in members]
         pre = make_preprocess(job.mtype, [exptimes[i] for i in members], calib)
         log.info("%s: stacking %d frame(s) of %s, k = %.2f", job.mtype, len(paths), ext, nsigma)
@@ -281,7 +312,8 @@ def build_master(job: MasterJob) -> dict:
         del calib, pre  # the preprocess closure holds the predecessor images too
         data, unc, flat = result.avg, result.unc, None
         if job.mtype == "flat":
-            mask = load_order_mask(job.order_mask, ext, data.shape) if job.order_mask else None
+            masked = job.order_mask and ext in MASKED  # only GREEN/RED of the mask are read
+            mask = load_order_mask(job.order_mask, ext, data.shape) if masked else None
             flat = normalize_flat(
                 data,
                 unc,
@@ -306,6 +338,7 @@ def build_master(job: MasterJob) -> dict:
         hdr["NFRAMES"] = len(paths)
         hdr["MINMJD"] = min(mjds)
         hdr["MAXMJD"] = max(mjds)
+        add_mid_time(hdr, min(mjds), max(mjds))
         qc = ccd_statistics(
             job.mtype,
             data,
@@ -351,7 +384,7 @@ def build_master(job: MasterJob) -> dict:
     for ext in stacked:
         hdus += [images[f"{ext}_UNC"], images[f"{ext}_CNT"]]
     hdus += extras
-    hdus.append(inputs_table(job.rows))
+    hdus.append(inputs_table(job.rows, notes))
     write_fits(fits.HDUList(hdus), job.output)
     summary.update(nframes=len(job.frames), infobits=infobits)
     log.info("wrote %s: %d frame(s), INFOBITS %d", job.output, len(job.frames), infobits)

@@ -457,11 +457,13 @@ def night_report(
     flag_fraction: float,
     settings: dict | None = None,
     previews: dict[str, dict] | None = None,
+    rejects: list[dict] | None = None,
 ) -> dict:
     """The night's QA document (written as ``kpf_<date>_masters_qa.json``).
 
     ``settings``: configuration section of each master type; ``previews``: for each master
-    kind, {CCD: {figure: path}}.
+    kind, {CCD: {figure: path}}; ``rejects``: the frames L0 -> 2D refused
+    (:func:`kpfmasters.rejects.night_rejections`: name, problem, version, current).
     """
     qa = qa_settings(qa)
     records = []
@@ -482,6 +484,7 @@ def night_report(
             "qa": qa,
             "flag_fraction": flag_fraction,
             "masters": records,
+            "rejects": list(rejects or []),
             "warnings": all_warnings,
         }
     )

@@ -500,7 +500,9 @@ def shutter_states(frame: SimFrame) -> dict[str, str]:
     if frame.light == "none":
         states = dict.fromkeys(SHUTTERS, "closed")
     elif frame.light == "science":
-        states = {k: "open" if k in ("SCISEL", "SKYSEL", "SCRAMSHT") else "closed" for k in SHUTTERS}
+        states = {
+            k: "open" if k in ("SCISEL", "SKYSEL", "SCRAMSHT") else "closed" for k in SHUTTERS
+        }
     else:
         states = dict.fromkeys(SHUTTERS, "open")
     return {**states, **frame.shutters}

@@ -18,8 +18,8 @@ from .fitsutil import atomic_output, check_complete, verify_checksums
 from .naming import master_name, two_d_name
 from .night import scan_night
 from .predecessors import Candidate, masters_on_disk, nearest
-from .rejects import apply_rejections, rejects_dir
-from .selection import NightPlan, Selection, plan_night
+from .rejects import apply_rejections, night_rejections, rejects_dir
+from .selection import NightPlan, Selection, plan_night, selection_keywords
 
 
 def canonical(value):
@@ -79,11 +79,19 @@ class Plans:
     def plan(self, date: str) -> NightPlan:
         if date not in self._plans:
             frames, ignored = scan_night(
-                self.cfg["l0_root"], date, self.index_path(date), self.amp_geometry()
+                self.cfg["l0_root"],
+                date,
+                self.index_path(date),
+                self.amp_geometry(),
+                selection_keywords(self.cfg),
             )
             apply_rejections(frames, self.cfg["work_root"], date)
             self._plans[date] = plan_night(frames, ignored, date, self.cfg)
         return self._plans[date]
+
+    def night_rejects(self, date: str) -> list[dict]:
+        """The night's rejects (:func:`kpfmasters.rejects.night_rejections`)."""
+        return night_rejections(self.cfg["work_root"], self.cfg["l0_root"], date)
 
     def selection(self, date: str, mtype: str, tag: str | None = None) -> Selection:
         sel = self.plan(date).get(mtype, tag if mtype == "arclamp" else None)

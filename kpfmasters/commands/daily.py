@@ -70,6 +70,15 @@ def parse_sets(items: list[str]) -> dict:
     return out
 
 
+def config_layers(configfile: str | None) -> list[Path]:
+    """The configuration files Snakemake gets: ``config.yaml``, then ``configfile`` (a layer
+    over it, as :func:`~kpfmasters.config.load_config` reads it) when given."""
+    layers = [DEFAULT_CONFIG_PATH]
+    if configfile and Path(configfile).resolve() != DEFAULT_CONFIG_PATH.resolve():
+        layers.append(Path(configfile))
+    return layers
+
+
 def _log_dir(args, cfg) -> Path:
     default = Path(cfg["work_root"]) / "logs"
     return Path(args.log_dir or os.environ.get("KPFCRONJOB_LOGS") or default)
@@ -98,7 +107,7 @@ def run(args) -> int:
                 workdir=cfg["work_root"],
                 profile=args.profile,
                 cores=args.cores,
-                configfiles=[args.configfile or DEFAULT_CONFIG_PATH, override],
+                configfiles=[*config_layers(args.configfile), override],
             )
             out.write("$ " + " ".join(argv) + "\n")
             rejects = rejects_dir(cfg["work_root"], date)
