@@ -5,8 +5,8 @@ Part of ``make bench`` (``bench_stack.py`` runs it after the stack table) and ru
     python bench/bench_l0.py                 # 3 frame kinds, 7 rounds in-process, 5 processes
     python bench/bench_l0.py --quick         # 512 x 512 frames, a smoke run (seconds)
 
-Frames: one simulated bias L0 file per kind (``kpfmasters.simulate``: 4080 x 4080 data per
-CCD, two CCDs, SPEC section 1 geometry, CA_HK 255 x 1024), in KPF's encoding (unsigned
+Frames: one simulated bias L0 file per kind (``kpfmasters.sim.simulate``: 4080 x 4080 data
+per CCD, two CCDs, SPEC section 1 geometry, CA_HK 255 x 1024), in KPF's encoding (unsigned
 32-bit via BZERO 2147483648) and, for comparison, the same pixel values as signed int32
 (a bias's raw values fit in int32): 2 amplifiers plain (139 MB) and RICE-compressed each
 way, 4 amplifiers plain (uint32); generated once and cached under
@@ -18,7 +18,7 @@ Two ways, both reported:
 - In-process, in a fresh interpreter with everything imported (``--child``), interleaved
   rounds, median: ``read`` = ``astropy.io.fits.open(memmap=False)`` and ``.data`` of every
   amplifier extension (what "just reading the amplifier data" costs with the usual tool);
-  ``convert`` = :func:`kpfmasters.l0to2d.build_2d` on the opened file (open, overscan
+  ``convert`` = :func:`kpfmasters.science.l0to2d.build_2d` on the opened file (open, overscan
   statistics, conversion, tiling, CA_HK: the whole 2D file in memory), with 1 thread (as the
   ``l0_to_2d`` rule runs it) and with 2; ``convert + write`` = :func:`convert_l0`, the rule's
   function, also writing the file atomically with checksums and fsync.
@@ -77,7 +77,7 @@ def as_int32(path: Path) -> None:
     import numpy as np
     from astropy.io import fits
 
-    from kpfmasters.fitsutil import write_fits
+    from kpfmasters.io.fits import write_fits
 
     with fits.open(path) as hdul:
         hdus = []
@@ -103,7 +103,7 @@ def as_int32(path: Path) -> None:
 
 def make_frame(workdir: Path, size: int, kind: str) -> Path:
     """The cached L0 bias frame of ``kind`` (simulated when missing)."""
-    from kpfmasters.simulate import simulate_night
+    from kpfmasters.sim.simulate import simulate_night
 
     out = frame_dir(workdir, size, kind)
     done = out / "done"
@@ -139,9 +139,9 @@ def read_amplifiers(path: Path) -> None:
 
 def child(path: Path, rounds: int, out: Path) -> dict[str, list[float]]:
     """In-process timings (seconds per round) of reading, converting, converting + writing."""
-    from kpfmasters.config import load_config
-    from kpfmasters.l0read import open_l0
-    from kpfmasters.l0to2d import AmpGeometry, build_2d, convert_l0
+    from kpfmasters.core.config import load_config
+    from kpfmasters.science.l0read import open_l0
+    from kpfmasters.science.l0to2d import AmpGeometry, build_2d, convert_l0
 
     cfg = load_config(None)
     geometry, adc_scale = AmpGeometry.from_config(cfg), cfg["adc_scale"]
@@ -174,9 +174,9 @@ def child(path: Path, rounds: int, out: Path) -> dict[str, list[float]]:
 def pair_child(paths: list[Path], rounds: int) -> dict[str, list[float]]:
     """Convert times (1 thread, seconds) of ``paths``, interleaved round by round in one
     process, so load changes on the machine hit both alike: {path: [seconds, ...]}."""
-    from kpfmasters.config import load_config
-    from kpfmasters.l0read import open_l0
-    from kpfmasters.l0to2d import AmpGeometry, build_2d
+    from kpfmasters.core.config import load_config
+    from kpfmasters.science.l0read import open_l0
+    from kpfmasters.science.l0to2d import AmpGeometry, build_2d
 
     cfg = load_config(None)
     geometry, adc_scale = AmpGeometry.from_config(cfg), cfg["adc_scale"]

@@ -261,7 +261,7 @@ def numba_compile_cost(env: dict) -> dict[str, tuple[float, float]]:
     - ``cli``: ``kpfmasters stack`` on three 64 x 64 files (start-up, imports, the float32-bits
       kernel);
     - ``preprocess``: ``stack_files`` with a ``preprocess`` (the float64 kernel the masters
-      use), timed from before ``import kpfmasters.stack``.
+      use), timed from before ``import kpfmasters.science.stack``.
 
     Cold: an empty numba cache directory, so every kernel used is compiled; warm: the same
     directory again, so the compiled code is loaded from it.
@@ -270,7 +270,7 @@ def numba_compile_cost(env: dict) -> dict[str, tuple[float, float]]:
 
     code = (
         "import sys, time; t = time.perf_counter()\n"
-        "from kpfmasters.stack import stack_files\n"
+        "from kpfmasters.science.stack import stack_files\n"
         "stack_files(sys.argv[1:], 'GREEN_CCD', 2.1, preprocess=lambda i, r, b: b * 2)\n"
         "print(time.perf_counter() - t)\n"
     )

@@ -19,8 +19,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kpfmasters.pipeline import snakemake_argv  # noqa: E402
-from kpfmasters.simulate import simulate_night  # noqa: E402
+from kpfmasters.sim.simulate import simulate_night  # noqa: E402
+from kpfmasters.workflow.pipeline import snakemake_argv  # noqa: E402
 
 COUNTS = {
     "bias": 3,

@@ -1,7 +1,7 @@
 """The ``kpfmasters`` command line: one sub-command a module in :mod:`kpfmasters.commands`.
 
 Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
-``run(args) -> int``. Errors raised on purpose (:class:`~kpfmasters.errors.KPFMastersError`)
+``run(args) -> int``. Errors raised on purpose (:class:`~kpfmasters.core.errors.KPFMastersError`)
 print one line naming the problem and exit with status 1; usage errors exit with 2.
 """
 
@@ -12,8 +12,8 @@ import importlib
 import logging
 import sys
 
-from . import __version__
-from .errors import KPFMastersError
+from kpfmasters import __version__
+from kpfmasters.core.errors import KPFMastersError
 
 # name -> module under kpfmasters.commands
 COMMANDS = {

@@ -16,9 +16,9 @@ from snakemake.logging import logger
 from snakemake.utils import validate
 
 from kpfmasters import __version__
-from kpfmasters import workflow_support as ws
-from kpfmasters.config import normalize_config
-from kpfmasters.errors import KPFMastersError
+from kpfmasters.plan import plans as ws
+from kpfmasters.core.config import normalize_config
+from kpfmasters.core.errors import KPFMastersError
 
 validate(config, "../schemas/config.schema.yaml")
 try:

@@ -4,10 +4,10 @@ A frame the conversion refuses is recorded as a reject (left out from the next r
 a failure of the system (permission denied, I/O error) only fails the job.
 """
 
-from kpfmasters.errors import InputError
-from kpfmasters.l0to2d import AmpGeometry, convert_l0, describe
-from kpfmasters.logs import script_logging
-from kpfmasters.rejects import is_transient, record_rejection
+from kpfmasters.core.errors import InputError
+from kpfmasters.core.logs import script_logging
+from kpfmasters.plan.rejects import is_transient, record_rejection
+from kpfmasters.science.l0to2d import AmpGeometry, convert_l0, describe
 
 with script_logging(snakemake.log[0], "kpfmasters.l0_to_2d") as log:
     geometry = AmpGeometry(**snakemake.params.geometry)

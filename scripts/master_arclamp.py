@@ -1,5 +1,5 @@
-"""Snakemake script of rule master_arclamp: see kpfmasters.masters.build_master."""
+"""Snakemake script of rule master_arclamp: see kpfmasters.science.master.build_master."""
 
-from kpfmasters.jobs import run_master
+from kpfmasters.workflow.jobs import run_master
 
 run_master(snakemake, "arclamp")

@@ -1,5 +1,5 @@
-"""Snakemake script of rule master_bias: see kpfmasters.masters.build_master."""
+"""Snakemake script of rule master_bias: see kpfmasters.science.master.build_master."""
 
-from kpfmasters.jobs import run_master
+from kpfmasters.workflow.jobs import run_master
 
 run_master(snakemake, "bias")

@@ -7,10 +7,10 @@ Input ``master`` (and ``order_mask`` for the flat); output: the master's QA dire
 
 from pathlib import Path
 
-from kpfmasters.fitsutil import atomic_output
-from kpfmasters.logs import script_logging
-from kpfmasters.previews import master_page, master_previews
-from kpfmasters.qa import assessed_record, qa_settings
+from kpfmasters.core.logs import script_logging
+from kpfmasters.io.fits import atomic_output
+from kpfmasters.qa.figures import master_page, master_previews
+from kpfmasters.qa.records import assessed_record, qa_settings
 
 with script_logging(snakemake.log[0], "kpfmasters.master_qa") as log:
     qa = qa_settings(snakemake.params.qa)

@@ -9,10 +9,10 @@ never fail the job.
 import json
 from pathlib import Path
 
-from kpfmasters.fitsutil import atomic_output
-from kpfmasters.logs import script_logging
-from kpfmasters.previews import night_page
-from kpfmasters.qa import night_report
+from kpfmasters.core.logs import script_logging
+from kpfmasters.io.fits import atomic_output
+from kpfmasters.qa.figures import night_page
+from kpfmasters.qa.records import night_report
 
 with script_logging(snakemake.log[0], "kpfmasters.night_qa") as log:
     date = str(snakemake.wildcards.date)

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from kpfmasters.fitsutil import atomic_output
-from kpfmasters.logs import script_logging
+from kpfmasters.core.logs import script_logging
+from kpfmasters.io.fits import atomic_output
 
 with script_logging(snakemake.log[0]) as log:
     text = "\n".join(snakemake.params.lines) + "\n"

@@ -8,10 +8,10 @@ import contextlib
 import datetime as dt
 import json
 
+from kpfmasters.core.logs import script_logging
 from kpfmasters.db import connect, describe, register_night, resolve_settings
 from kpfmasters.db.report import format_row, row_to_json
-from kpfmasters.fitsutil import atomic_output
-from kpfmasters.logs import script_logging
+from kpfmasters.io.fits import atomic_output
 
 with script_logging(snakemake.log[0], "kpfmasters.register_night") as log:
     date = str(snakemake.wildcards.date)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from kpfmasters.simulate import iso_time, mjd_of_date
+from kpfmasters.sim.simulate import iso_time, mjd_of_date
 
 
 def l0_name(date: str, seconds: float) -> str:

@@ -23,7 +23,7 @@ def repo() -> Path:
 @pytest.fixture
 def base_config() -> dict:
     """The repository's config.yaml, validated and normalised, with tmp-free dummy paths."""
-    from kpfmasters.config import load_config
+    from kpfmasters.core.config import load_config
 
     return load_config(
         overrides={

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kpfmasters.pipeline import snakemake_argv
+from kpfmasters.workflow.pipeline import snakemake_argv
 
 REPO = Path(__file__).resolve().parents[1]
 

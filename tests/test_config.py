@@ -2,8 +2,8 @@
 
 import pytest
 
-from kpfmasters.config import config_hash, expand_vars, load_config, parse_dates
-from kpfmasters.errors import ConfigError
+from kpfmasters.core.config import config_hash, expand_vars, load_config, parse_dates
+from kpfmasters.core.errors import ConfigError
 
 
 def test_defaults_are_the_spec_numbers(base_config):

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from kpfmasters.db import init_schema
-from kpfmasters.simulate import simulate_night
+from kpfmasters.sim.simulate import simulate_night
 
 from smk import REPO, Night, daily_cmd
 

@@ -25,6 +25,8 @@ import pytest
 from astropy.io import fits
 
 from kpfmasters import __version__, cli
+from kpfmasters.core.errors import InputError, NoPredecessorError
+from kpfmasters.core.naming import master_path
 from kpfmasters.db import (
     SCHEMA_VERSION,
     ConnectError,
@@ -40,9 +42,7 @@ from kpfmasters.db import (
 )
 from kpfmasters.db import throwaway as pgserver
 from kpfmasters.db.throwaway import free_port
-from kpfmasters.errors import InputError, NoPredecessorError
-from kpfmasters.fitsutil import write_fits
-from kpfmasters.naming import master_path
+from kpfmasters.io.fits import write_fits
 
 pytestmark = [pytest.mark.postgres, pytest.mark.xdist_group("postgres")]
 

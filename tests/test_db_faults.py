@@ -24,13 +24,13 @@ import pytest
 import yaml
 
 from kpfmasters import cli
-from kpfmasters.config import DEFAULT_CONFIG_PATH
+from kpfmasters.core.config import DEFAULT_CONFIG_PATH
 from kpfmasters.db import init_schema
 from kpfmasters.db.throwaway import free_port
-from kpfmasters.l0to2d import AmpGeometry, convert_l0
-from kpfmasters.masters import MasterJob, build_master, read_verified
-from kpfmasters.pipeline import snakemake_argv
-from kpfmasters.simulate import simulate_night
+from kpfmasters.science.l0to2d import AmpGeometry, convert_l0
+from kpfmasters.science.master import MasterJob, build_master, read_verified
+from kpfmasters.sim.simulate import simulate_night
+from kpfmasters.workflow.pipeline import snakemake_argv
 
 from smk import REPO, Night
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from kpfmasters.l0to2d import AmpGeometry, convert_l0
+from kpfmasters.science.l0to2d import AmpGeometry, convert_l0
 
 GEO = AmpGeometry(prescan=3, serial_overscan=12, parallel_overscan=5, edge_skip=2, nsigma=2.1)
 NROWS, NCOLS = 25, 3 + 16 + 12

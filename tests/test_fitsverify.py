@@ -17,11 +17,11 @@ from astropy.io import fits
 from verifyfits import assert_verified, fitsverify, needs_fitsverify
 
 from kpfmasters import cli
-from kpfmasters.config import load_config
-from kpfmasters.l0to2d import AmpGeometry, convert_l0
-from kpfmasters.masters import PREDECESSORS, MasterJob, build_master
-from kpfmasters.simulate import simulate_night
-from kpfmasters.workflow_support import Plans
+from kpfmasters.core.config import load_config
+from kpfmasters.plan.plans import Plans
+from kpfmasters.science.l0to2d import AmpGeometry, convert_l0
+from kpfmasters.science.master import PREDECESSORS, MasterJob, build_master
+from kpfmasters.sim.simulate import simulate_night
 
 pytestmark = [needs_fitsverify, pytest.mark.xdist_group("fitsverify")]
 

@@ -7,8 +7,8 @@ import pytest
 from astropy.io import fits
 from scipy.ndimage import gaussian_filter
 
-from kpfmasters.errors import InputError
-from kpfmasters.flat import (
+from kpfmasters.core.errors import InputError
+from kpfmasters.science.flat import (
     FlatResult,
     load_order_mask,
     normalize_flat,

@@ -10,9 +10,9 @@ import yaml
 from astropy.io import fits
 from astropy.time import Time
 
-from kpfmasters import workflow_support
-from kpfmasters.config import load_config
-from kpfmasters.simulate import simulate_night
+from kpfmasters.core.config import load_config
+from kpfmasters.plan import plans as workflow_support
+from kpfmasters.sim.simulate import simulate_night
 
 from smk import REPO, Night, dry_run_outputs, snakemake
 

@@ -23,10 +23,10 @@ import pytest
 from astropy.io import fits
 from verifyfits import assert_verified, needs_fitsverify
 
-from kpfmasters.errors import InputError
-from kpfmasters.masters import read_verified
-from kpfmasters.pipeline import snakemake_argv, snakemake_locks
-from kpfmasters.simulate import simulate_night
+from kpfmasters.core.errors import InputError
+from kpfmasters.science.master import read_verified
+from kpfmasters.sim.simulate import simulate_night
+from kpfmasters.workflow.pipeline import snakemake_argv, snakemake_locks
 
 from smk import REPO, Night, daily_cmd, snakemake
 

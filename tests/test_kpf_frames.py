@@ -19,15 +19,16 @@ import pytest
 from astropy.io import fits
 from badinputs import derive, float_amps_with, replace_in_header
 
-from kpfmasters import cli, rejects
-from kpfmasters.config import REPO_ROOT, load_config
-from kpfmasters.errors import InputError
-from kpfmasters.l0to2d import AmpGeometry, convert_l0
-from kpfmasters.night import INDEX_VERSION, Frame, scan_night
-from kpfmasters.qa import night_report
-from kpfmasters.selection import check_rule, plan_night
-from kpfmasters.simulate import simulate_night
-from kpfmasters.workflow_support import Plans
+from kpfmasters import cli
+from kpfmasters.core.config import REPO_ROOT, load_config
+from kpfmasters.core.errors import InputError
+from kpfmasters.plan import rejects
+from kpfmasters.plan.night import INDEX_VERSION, Frame, scan_night
+from kpfmasters.plan.plans import Plans
+from kpfmasters.plan.selection import check_rule, plan_night
+from kpfmasters.qa.records import night_report
+from kpfmasters.science.l0to2d import AmpGeometry, convert_l0
+from kpfmasters.sim.simulate import simulate_night
 
 from smk import Night, snakemake
 
@@ -230,13 +231,13 @@ def test_os_error_while_scanning_is_not_cached(tmp_path, monkeypatch):
     cfg = config(tmp_path)
     plans = Plans(cfg)
     index = Path(plans.index_path(DATE))
-    monkeypatch.setattr("kpfmasters.night.fits.open", failing_open)
+    monkeypatch.setattr("kpfmasters.plan.night.fits.open", failing_open)
     frames, _ = scan_night(cfg["l0_root"], DATE, index, plans.amp_geometry())
     hit = next(f for f in frames if f.name == victim.name)
     assert hit.transient and hit.problem == "cannot be read (Permission denied)"
     cached = {f["name"] for f in json.loads(index.read_text())["frames"]}
     assert victim.name not in cached and len(cached) == len(frames) - 1
-    monkeypatch.setattr("kpfmasters.night.fits.open", real_open)
+    monkeypatch.setattr("kpfmasters.plan.night.fits.open", real_open)
     frames, _ = scan_night(cfg["l0_root"], DATE, index, plans.amp_geometry())
     assert next(f for f in frames if f.name == victim.name).problem == ""
 

@@ -17,9 +17,9 @@ import yaml
 from astropy.io import fits
 
 from kpfmasters import cli
-from kpfmasters.config import DEFAULT_CONFIG_PATH, load_config
-from kpfmasters.errors import ConfigError, InputError
-from kpfmasters.l0to2d import (
+from kpfmasters.core.config import DEFAULT_CONFIG_PATH, load_config
+from kpfmasters.core.errors import ConfigError, InputError
+from kpfmasters.science.l0to2d import (
     AmpGeometry,
     clipped_mean,
     convert_l0,
@@ -27,7 +27,7 @@ from kpfmasters.l0to2d import (
     robust_std,
     strip_statistics,
 )
-from kpfmasters.simulate import expected_2d, simulate_night
+from kpfmasters.sim.simulate import expected_2d, simulate_night
 
 REPO = Path(__file__).resolve().parents[1]
 ADC = 65536
@@ -617,7 +617,7 @@ def test_snakemake_script(tmp_path):
     assert "wrote" in text and "GREEN 4 amps" in text and "2 thread(s)" in text
 
 
-# -- a simulated night (kpfmasters.simulate) ----------------------------------------------
+# -- a simulated night (kpfmasters.sim.simulate) ----------------------------------------------
 
 FEW = {"bias": 1, "dark": 1, "flat": 1, "arclamp": {"autocal-une-sky": 1}}
 

@@ -13,9 +13,9 @@ import pytest
 from astropy.io import fits
 
 from kpfmasters import __version__
-from kpfmasters.flat import normalize_flat
-from kpfmasters.masters import MasterJob, build_master
-from kpfmasters.simulate import simulate_night
+from kpfmasters.science.flat import normalize_flat
+from kpfmasters.science.master import MasterJob, build_master
+from kpfmasters.sim.simulate import simulate_night
 
 from smk import Night, snakemake
 
@@ -237,7 +237,7 @@ def subset_job(night, n, out):
         for f in frames
     ]
     paths = [str(night.work_root / "2D" / DATE / r["FILENAME"]) for r in rows]
-    from kpfmasters.config import load_config
+    from kpfmasters.core.config import load_config
 
     settings = load_config(overrides={"date": DATE})["masters"]["bias"]
     return MasterJob("bias", DATE, str(out), paths, rows, settings)
@@ -290,8 +290,8 @@ def rows_of(frames):
 def test_predecessor_without_an_extension_costs_only_that_extension(night, tmp_path):
     """An older bias without CA_HK: the dark is made for GREEN and RED, CA_HK left out and
     the INPUTS table says why."""
-    from kpfmasters.config import load_config
-    from kpfmasters.fitsutil import write_fits
+    from kpfmasters.core.config import load_config
+    from kpfmasters.io.fits import write_fits
 
     old_bias = tmp_path / "kpf_20230601_master_bias.fits"
     with fits.open(night.master(DATE, "bias")) as h:
@@ -322,8 +322,8 @@ def test_predecessor_without_an_extension_costs_only_that_extension(night, tmp_p
 def test_order_mask_with_a_ca_hk_image_is_read_for_green_and_red_only(night, tmp_path):
     """KPF's order masks are copies of a 2D file and may carry a CA_HK image (of another
     shape): it is ignored, the flat is the same."""
-    from kpfmasters.config import load_config
-    from kpfmasters.fitsutil import write_fits
+    from kpfmasters.core.config import load_config
+    from kpfmasters.io.fits import write_fits
 
     mask = tmp_path / "mask_with_cahk.fits"
     with fits.open(night.order_mask) as h:

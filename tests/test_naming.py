@@ -2,7 +2,7 @@
 
 import pytest
 
-from kpfmasters.naming import master_name, object_tag, parse_l0_name, two_d_name
+from kpfmasters.core.naming import master_name, object_tag, parse_l0_name, two_d_name
 
 
 @pytest.mark.parametrize(

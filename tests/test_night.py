@@ -6,7 +6,7 @@ import os
 import numpy as np
 from astropy.io import fits
 
-from kpfmasters.night import raw_object_value, raw_string_card, scan_night
+from kpfmasters.plan.night import raw_object_value, raw_string_card, scan_night
 
 DATE = "20230606"
 GEOM = {"prescan": 4, "serial_overscan": 50, "parallel_overscan": 30}
@@ -80,7 +80,7 @@ def test_index_is_reused_until_a_file_changes(tmp_path, monkeypatch):
     scan_night(tmp_path, DATE, index, GEOM)
     assert len(json.loads(index.read_text())["frames"]) == 2
 
-    import kpfmasters.night as night_mod
+    import kpfmasters.plan.night as night_mod
 
     calls = []
     real = night_mod.read_frame

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from astropy.io import fits
 
-from kpfmasters.simulate import simulate_night
+from kpfmasters.sim.simulate import simulate_night
 
 from smk import Night, dry_run_outputs, snakemake
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from kpfmasters.errors import NoPredecessorError
-from kpfmasters.predecessors import Candidate, masters_on_disk, nearest
+from kpfmasters.core.errors import NoPredecessorError
+from kpfmasters.plan.predecessors import Candidate, masters_on_disk, nearest
 
 
 def touch_master(root, date, mtype):

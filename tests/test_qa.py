@@ -22,15 +22,15 @@ from astropy.utils.exceptions import AstropyUserWarning
 from PIL import Image
 
 from kpfmasters import __version__
-from kpfmasters.previews import block_average, display_factor, render_preview
-from kpfmasters.qa import (
+from kpfmasters.qa.figures import block_average, display_factor, render_preview
+from kpfmasters.qa.records import (
     ccd_statistics,
     check_record,
     earlier_masters,
     previous_master,
     qc_cards,
 )
-from kpfmasters.simulate import simulate_night
+from kpfmasters.sim.simulate import simulate_night
 
 from smk import Night, dry_run_outputs, snakemake
 
@@ -365,9 +365,9 @@ def test_preview_keeps_fits_orientation(tmp_path):
 
 
 def test_qa_configuration_defaults_and_validation():
-    from kpfmasters.config import load_config
-    from kpfmasters.errors import ConfigError
-    from kpfmasters.qa import DEFAULT_QA, qa_settings
+    from kpfmasters.core.config import load_config
+    from kpfmasters.core.errors import ConfigError
+    from kpfmasters.qa.records import DEFAULT_QA, qa_settings
 
     cfg = load_config(overrides={"date": DATE})
     assert cfg["qa"] == DEFAULT_QA  # config.yaml documents the same defaults as the code
@@ -383,8 +383,8 @@ def test_qa_configuration_defaults_and_validation():
 def test_qa_never_fails_on_odd_records(tmp_path, caplog):
     """Inputs without MJD-OBS/EXPTIME (NaN in INPUTS) and an unreadable master still give
     pages, a record with an error and a warning, and no exception."""
-    from kpfmasters.previews import master_page, master_previews, night_page
-    from kpfmasters.qa import assessed_record
+    from kpfmasters.qa.figures import master_page, master_previews, night_page
+    from kpfmasters.qa.records import assessed_record
 
     broken = tmp_path / DATE / f"kpf_{DATE}_master_bias.fits"
     broken.parent.mkdir()

@@ -13,7 +13,7 @@ import pytest
 from astropy.io import fits
 from badinputs import derive, float_amps_with
 
-from kpfmasters.simulate import simulate_night
+from kpfmasters.sim.simulate import simulate_night
 
 from smk import REPO, Night, daily_cmd, snakemake
 

@@ -37,13 +37,13 @@ from badinputs import (
 )
 from verifyfits import assert_verified, needs_fitsverify
 
-from kpfmasters import workflow_support
-from kpfmasters.config import load_config
-from kpfmasters.errors import InputError, NoPredecessorError
-from kpfmasters.fitsutil import write_fits
-from kpfmasters.naming import master_name
-from kpfmasters.simulate import simulate_night
-from kpfmasters.workflow_support import Plans
+from kpfmasters.core.config import load_config
+from kpfmasters.core.errors import InputError, NoPredecessorError
+from kpfmasters.core.naming import master_name
+from kpfmasters.io.fits import write_fits
+from kpfmasters.plan import plans as workflow_support
+from kpfmasters.plan.plans import Plans
+from kpfmasters.sim.simulate import simulate_night
 
 from smk import Night, snakemake
 

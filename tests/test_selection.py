@@ -4,8 +4,8 @@ import copy
 
 import pytest
 
-from kpfmasters.night import Frame
-from kpfmasters.selection import check_rule, plan_night, select
+from kpfmasters.plan.night import Frame
+from kpfmasters.plan.selection import check_rule, plan_night, select
 
 DATE = "20230606"
 

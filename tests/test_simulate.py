@@ -11,8 +11,8 @@ import yaml
 from astropy.io import fits
 
 from kpfmasters.cli import main
-from kpfmasters.naming import parse_l0_name
-from kpfmasters.simulate import (
+from kpfmasters.core.naming import parse_l0_name
+from kpfmasters.sim.simulate import (
     Geometry,
     expected_2d,
     load_truth,
@@ -489,8 +489,8 @@ def test_kpf_keywords_elapsed_shutters_and_comb(night):
 def test_saturated_pixel_reads_65535_dn(tmp_path):
     """The ADC saturates at 65535 DN = 65535 * 65536 raw (beyond int32), read back from the
     file and through the L0 -> 2D step."""
-    from kpfmasters.l0to2d import AmpGeometry, convert_l0
-    from kpfmasters.simulate import amp_raw, frame_hdul, render_frame
+    from kpfmasters.science.l0to2d import AmpGeometry, convert_l0
+    from kpfmasters.sim.simulate import amp_raw, frame_hdul, render_frame
 
     sim = simulate_night(tmp_path / "sim", DATE, seed=6, size=64, noise=False, counts=TINY)
     flat = sim.expected("flat")[0]

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from kpfmasters.pipeline import snakemake_argv
+from kpfmasters.workflow.pipeline import snakemake_argv
 
 from slurm_cluster import SlurmCluster, unavailable_reason
 

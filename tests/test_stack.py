@@ -12,15 +12,15 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
 from kpfmasters import cli
-from kpfmasters.errors import InputError
-from kpfmasters.stack import (
+from kpfmasters.core.errors import InputError
+from kpfmasters.science.stack import (
     band_height,
     clip_correction,
     reference_stack,
     stack_cube,
     stack_files,
 )
-from kpfmasters.stack_kernel import batcher_network, networks, prune_network
+from kpfmasters.science.stack_kernel import batcher_network, networks, prune_network
 
 
 def bits(arr: np.ndarray) -> bytes:
@@ -450,7 +450,7 @@ def test_cli_ext_option_and_errors(tmp_path, good_paths, capsys):
 
 
 def test_numba_cache_falls_back_to_a_private_temporary_directory(monkeypatch, tmp_path):
-    from kpfmasters import stack_kernel
+    from kpfmasters.science import stack_kernel
 
     writable = {"pkg": False, "user": False}
 

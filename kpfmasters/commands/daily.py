@@ -17,9 +17,11 @@ from pathlib import Path
 
 import yaml
 
-from ..config import DEFAULT_CONFIG_PATH, REPO_ROOT, load_config
-from ..errors import KPFMastersError
-from ..pipeline import (
+from kpfmasters.core.config import DEFAULT_CONFIG_PATH, REPO_ROOT, load_config
+from kpfmasters.core.errors import KPFMastersError
+from kpfmasters.plan.rejects import rejects_dir
+from kpfmasters.qa.summary import format_table, master_row, night_masters
+from kpfmasters.workflow.pipeline import (
     PipelineError,
     night_config,
     night_lock,
@@ -27,8 +29,6 @@ from ..pipeline import (
     snakemake_argv,
     workflow_lock,
 )
-from ..rejects import rejects_dir
-from ..summary import format_table, master_row, night_masters
 
 HELP = "run one night's masters through Snakemake and register them (the daily cron job)"
 DEFAULT_PROFILE = REPO_ROOT / "profiles" / "local"
@@ -72,7 +72,7 @@ def parse_sets(items: list[str]) -> dict:
 
 def config_layers(configfile: str | None) -> list[Path]:
     """The configuration files Snakemake gets: ``config.yaml``, then ``configfile`` (a layer
-    over it, as :func:`~kpfmasters.config.load_config` reads it) when given."""
+    over it, as :func:`~kpfmasters.core.config.load_config` reads it) when given."""
     layers = [DEFAULT_CONFIG_PATH]
     if configfile and Path(configfile).resolve() != DEFAULT_CONFIG_PATH.resolve():
         layers.append(Path(configfile))

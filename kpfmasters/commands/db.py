@@ -11,14 +11,14 @@ import argparse
 import contextlib
 import os
 
-from ..db import connect, describe, resolve_settings
-from ..db.masterfile import CONTENT_BITS, IMTYPES, LEVEL_2D, parse_night
-from ..db.nearest import DEFAULT_MIN_NFRAMES, DEFAULT_REQUIRED_BITS, find_nearest
-from ..db.register import register_night_report
-from ..db.report import format_row
-from ..db.schema import DEFAULT_PIPELINE_ROLE, DEFAULT_READ_ROLE, check_schema, init_schema
-from ..db.transaction import transaction
-from ..errors import ConfigError, KPFMastersError
+from kpfmasters.core.errors import ConfigError, KPFMastersError
+from kpfmasters.db import connect, describe, resolve_settings
+from kpfmasters.db.masterfile import CONTENT_BITS, IMTYPES, LEVEL_2D, parse_night
+from kpfmasters.db.nearest import DEFAULT_MIN_NFRAMES, DEFAULT_REQUIRED_BITS, find_nearest
+from kpfmasters.db.register import register_night_report
+from kpfmasters.db.report import format_row
+from kpfmasters.db.schema import DEFAULT_PIPELINE_ROLE, DEFAULT_READ_ROLE, check_schema, init_schema
+from kpfmasters.db.transaction import transaction
 
 HELP = "calibration database: init the schema, register a night, find the nearest master"
 

@@ -11,10 +11,10 @@ import contextlib
 import time
 from pathlib import Path
 
-from ..config import load_config
-from ..errors import KPFMastersError
-from ..pipeline import PipelineError, night_config, run_snakemake, snakemake_argv
-from ..summary import format_table, master_row, night_masters
+from kpfmasters.core.config import load_config
+from kpfmasters.core.errors import KPFMastersError
+from kpfmasters.qa.summary import format_table, master_row, night_masters
+from kpfmasters.workflow.pipeline import PipelineError, night_config, run_snakemake, snakemake_argv
 
 HELP = "simulate a small night, run the pipeline on it and register it (a tour)"
 
@@ -29,9 +29,9 @@ def add_arguments(parser) -> None:
 
 def register_in_throwaway(base: Path, masters_root: Path, date: str) -> None:
     """Register the night in a PostgreSQL started for the occasion, print the rows."""
-    from ..db import init_schema, register_night
-    from ..db.report import format_row
-    from ..db.throwaway import PgServer, unavailable_reason
+    from kpfmasters.db import init_schema, register_night
+    from kpfmasters.db.report import format_row
+    from kpfmasters.db.throwaway import PgServer, unavailable_reason
 
     reason = unavailable_reason()
     if reason:
@@ -50,7 +50,7 @@ def register_in_throwaway(base: Path, masters_root: Path, date: str) -> None:
 
 
 def run(args) -> int:
-    from ..simulate import SIZES, simulate_night
+    from kpfmasters.sim.simulate import SIZES, simulate_night
 
     base = Path(args.dir).resolve()
     size = SIZES.get(args.size) or int(args.size)

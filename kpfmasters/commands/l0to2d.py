@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import load_config
-from ..errors import InputError
-from ..l0to2d import AmpGeometry, convert_l0, describe
-from ..naming import L0_NAME_RE, two_d_name
+from kpfmasters.core.config import load_config
+from kpfmasters.core.errors import InputError
+from kpfmasters.core.naming import L0_NAME_RE, two_d_name
+from kpfmasters.science.l0to2d import AmpGeometry, convert_l0, describe
 
 HELP = "convert one L0 file into its 2D image in electrons (overscan-subtracted, tiled)"
 

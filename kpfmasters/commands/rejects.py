@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..config import load_config
-from ..rejects import clear_rejections, night_rejections, rejects_dir
+from kpfmasters.core.config import load_config
+from kpfmasters.plan.rejects import clear_rejections, night_rejections, rejects_dir
 
 HELP = "list the frames of a night that L0 -> 2D refused (left out of its masters); --clear"
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..config import load_config
-from ..workflow_support import Plans
+from kpfmasters.core.config import load_config
+from kpfmasters.plan.plans import Plans
 
 HELP = "show the frames each master of a night selects (and why others are not)"
 

@@ -6,8 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
-from ..errors import KPFMastersError
-from ..simulate import DEFAULT_ARC_OBJECTS, SIZES, simulate_night
+from kpfmasters.core.errors import KPFMastersError
+from kpfmasters.sim.simulate import DEFAULT_ARC_OBJECTS, SIZES, simulate_night
 
 HELP = "write a simulated KPF night with known truth (L0 files, order mask, truth arrays)"
 

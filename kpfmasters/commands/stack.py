@@ -3,7 +3,7 @@
 Output layout (like a master's, SPEC section 5): PRIMARY (``NFRAMES``, ``NSIGMA``), then each
 stacked extension ``NAME`` (float64 mean of the kept values), then for each of them, in the
 same order, ``NAME_UNC`` (float32 standard error) and ``NAME_CNT`` (int32 values kept). The
-file is written atomically with CHECKSUM/DATASUM (:func:`kpfmasters.fitsutil.write_fits`).
+file is written atomically with CHECKSUM/DATASUM (:func:`kpfmasters.io.fits.write_fits`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import numpy as np
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
-from .. import __version__
-from ..errors import InputError
-from ..fitsutil import write_fits
-from ..stack import clip_correction, stack_files
+from kpfmasters import __version__
+from kpfmasters.core.errors import InputError
+from kpfmasters.io.fits import write_fits
+from kpfmasters.science.stack import clip_correction, stack_files
 
 HELP = "Clipped mean of image extensions over FITS files (SPEC section 4), streamed in bands."
 DEFAULT_EXTS = ("GREEN_CCD", "RED_CCD", "CA_HK")

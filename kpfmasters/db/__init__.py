@@ -6,12 +6,12 @@
 - :func:`nearest_master`: the nearest usable master in time, MD5-verified.
 """
 
-from .connect import connect, describe, resolve_settings
-from .errors import ConnectError, DatabaseError, NightError, SchemaError
-from .nearest import Nearest, find_nearest, nearest_master
-from .register import Registration, register_night, register_night_report
-from .report import format_row, row_to_json
-from .schema import SCHEMA_VERSION, check_schema, init_schema
+from kpfmasters.db.connect import connect, describe, resolve_settings
+from kpfmasters.db.errors import ConnectError, DatabaseError, NightError, SchemaError
+from kpfmasters.db.nearest import Nearest, find_nearest, nearest_master
+from kpfmasters.db.register import Registration, register_night, register_night_report
+from kpfmasters.db.report import format_row, row_to_json
+from kpfmasters.db.schema import SCHEMA_VERSION, check_schema, init_schema
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import psycopg2
 
-from .errors import ConnectError
+from kpfmasters.db.errors import ConnectError
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import KPFMastersError
+from kpfmasters.core.errors import KPFMastersError
 
 
 class DatabaseError(KPFMastersError):

@@ -18,9 +18,9 @@ from pathlib import Path
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
-from ..errors import InputError
-from ..naming import MASTER_NAME_RE, object_tag
-from .errors import NightError
+from kpfmasters.core.errors import InputError
+from kpfmasters.core.naming import MASTER_NAME_RE, object_tag
+from kpfmasters.db.errors import NightError
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ exactly after lowercasing: never a LIKE pattern). It qualifies when ``status > 0
 ``max_age_days`` from the night. Candidates are looked at nearest first, ties to the earlier
 night; the first that qualifies and whose file exists with the registered MD5 wins, and the
 nearer ones passed over are reported (log warnings, :attr:`Nearest.skipped`). When none does,
-:class:`~kpfmasters.errors.NoPredecessorError` says which criterion ruled out which candidate.
+:class:`~kpfmasters.core.errors.NoPredecessorError` says which criterion ruled out which candidate.
 
 The rules are evaluated once, in SQL; Python only turns their outcomes into words.
 """
@@ -21,10 +21,10 @@ from pathlib import Path
 import psycopg2
 import psycopg2.extras
 
-from ..errors import NoPredecessorError
-from .errors import DatabaseError
-from .masterfile import CONTENT_BITS, LEVEL_2D, md5_file, parse_night
-from .schema import check_schema
+from kpfmasters.core.errors import NoPredecessorError
+from kpfmasters.db.errors import DatabaseError
+from kpfmasters.db.masterfile import CONTENT_BITS, LEVEL_2D, md5_file, parse_night
+from kpfmasters.db.schema import check_schema
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def nearest_master(
 ) -> Path:
     """Path of the nearest usable master (see the module docstring).
 
-    Raises :class:`~kpfmasters.errors.NoPredecessorError` explaining every rule-out.
+    Raises :class:`~kpfmasters.core.errors.NoPredecessorError` explaining every rule-out.
     """
     return find_nearest(
         conn, date, caltype, object, max_age_days, required_bits, min_nframes, level

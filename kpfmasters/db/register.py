@@ -20,12 +20,18 @@ from pathlib import Path
 import psycopg2
 import psycopg2.extras
 
-from .. import __version__
-from ..errors import InputError
-from .errors import DatabaseError
-from .masterfile import LEVEL_2D, MasterInfo, night_master_files, parse_night, read_master
-from .schema import check_schema
-from .transaction import transaction
+from kpfmasters import __version__
+from kpfmasters.core.errors import InputError
+from kpfmasters.db.errors import DatabaseError
+from kpfmasters.db.masterfile import (
+    LEVEL_2D,
+    MasterInfo,
+    night_master_files,
+    parse_night,
+    read_master,
+)
+from kpfmasters.db.schema import check_schema
+from kpfmasters.db.transaction import transaction
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from .masterfile import CONTENT_BITS
+from kpfmasters.db.masterfile import CONTENT_BITS
 
 
 def _bits(value: int) -> str:

@@ -19,9 +19,9 @@ from importlib import resources
 import psycopg2
 from psycopg2 import sql
 
-from .. import __version__
-from .errors import DatabaseError, SchemaError
-from .transaction import transaction
+from kpfmasters import __version__
+from kpfmasters.db.errors import DatabaseError, SchemaError
+from kpfmasters.db.transaction import transaction
 
 log = logging.getLogger(__name__)
 

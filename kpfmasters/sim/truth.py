@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import ndtr
 
-from .naming import object_tag
+from kpfmasters.core.naming import object_tag
 
 CCD_NAMES = ("GREEN_CCD", "RED_CCD")
 CAHK = "CA_HK"

@@ -3,7 +3,7 @@
 What the kernel computes, per pixel over the N frames' values (NaN = missing): the median m,
 the 16th and 84th percentiles with NumPy's default ('linear') interpolation, the half width
 s = 0.5 * (p84 - p16), the values kept (m - k*s <= x <= m + k*s), and the mean, the number
-and the clip-corrected standard error of the kept values. :mod:`kpfmasters.stack` is the
+and the clip-corrected standard error of the kept values. :mod:`kpfmasters.science.stack` is the
 public API; this module is its engine.
 
 How it runs
@@ -565,7 +565,7 @@ def stack_frames(
     ``r * row_bytes`` bytes further and holds ``ncols`` elements of ``dtype`` (one of
     :data:`BUFFER_DTYPES`). The memory must stay mapped and readable during the call (the
     caller holds it; ``keepalive`` is only kept referenced). Other parameters as in
-    :func:`stack_rows`. This is how :func:`kpfmasters.stack.stack_files` stacks straight
+    :func:`stack_rows`. This is how :func:`kpfmasters.science.stack.stack_files` stacks straight
     from memory-mapped files, without copying them into a buffer.
     """
     dtype = np.dtype(dtype)

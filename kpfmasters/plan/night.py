@@ -24,9 +24,9 @@ from pathlib import Path
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
-from .fitsutil import atomic_output
-from .l0read import unparsable_card
-from .naming import parse_l0_name
+from kpfmasters.core.naming import parse_l0_name
+from kpfmasters.io.fits import atomic_output
+from kpfmasters.science.l0read import unparsable_card
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ AVG and UNC. Arithmetic is float64 whatever the input precision.
   frame's band on the way (``preprocess``).
 - :func:`reference_stack` is a plain NumPy implementation of the same rule, for tests.
 
-Both fast paths run the numba kernel of :mod:`kpfmasters.stack_kernel`; results are bit for
+Both fast paths run the numba kernel of :mod:`kpfmasters.science.stack_kernel`; results are bit for
 bit the same for any band height and thread count.
 """
 
@@ -35,8 +35,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
-from .errors import InputError
-from .stack_kernel import RAW_BUFFER, stack_frames, stack_rows
+from kpfmasters.core.errors import InputError
+from kpfmasters.science.stack_kernel import RAW_BUFFER, stack_frames, stack_rows
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from astropy.io import fits  # noqa: E402
 from astropy.visualization import ZScaleInterval  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from .fitsutil import atomic_output  # noqa: E402
-from .qa import QC_EXTS, master_kind, master_type  # noqa: E402
+from kpfmasters.io.fits import atomic_output  # noqa: E402
+from kpfmasters.qa.records import QC_EXTS, master_kind, master_type  # noqa: E402
 
 DPI = 100
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import NoPredecessorError
-from .naming import MASTER_NAME_RE, master_path
+from kpfmasters.core.errors import NoPredecessorError
+from kpfmasters.core.naming import MASTER_NAME_RE, master_path
 
 
 def night_date(date: str) -> dt.date:

@@ -1,6 +1,6 @@
 """Frames whose L0 -> 2D conversion failed, remembered so later runs leave them out.
 
-The header scan (:mod:`kpfmasters.night`) cannot see every defect without reading pixels
+The header scan (:mod:`kpfmasters.plan.night`) cannot see every defect without reading pixels
 (NaN in an overscan strip, a damaged compressed tile). When the 2D job meets one, it records
 the problem in ``<work_root>/rejects/<date>/<L0 stem>.json`` and fails. The next DAG build
 marks that frame unusable, so its masters are made without it, with ``USED = false`` and the
@@ -20,9 +20,9 @@ import logging
 import os
 from pathlib import Path
 
-from . import __version__
-from .fitsutil import atomic_output
-from .night import Frame, system_failure
+from kpfmasters import __version__
+from kpfmasters.io.fits import atomic_output
+from kpfmasters.plan.night import Frame, system_failure
 
 log = logging.getLogger(__name__)
 PREFIX = "2D conversion failed: "

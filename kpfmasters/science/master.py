@@ -2,8 +2,9 @@
 
 One :class:`MasterJob` describes a master: its type, the used 2D frames in stacking order,
 the INPUTS rows of every picked frame, its settings, and the predecessor masters it is
-calibrated with. :func:`build_master` stacks each CCD (streaming, see :mod:`kpfmasters.stack`),
-normalises the flat, sets INFOBITS, and writes the product atomically.
+calibrated with. :func:`build_master` stacks each CCD (streaming, see
+:mod:`kpfmasters.science.stack`), normalises the flat, sets INFOBITS, and writes the
+product atomically.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import numpy as np
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
-from . import __version__
-from .errors import InputError
-from .fitsutil import write_fits
-from .flat import load_order_mask, normalize_flat
-from .qa import ccd_statistics, previous_master, qc_cards, read_frame_headers
-from .stack import stack_files
+from kpfmasters import __version__
+from kpfmasters.core.errors import InputError
+from kpfmasters.io.fits import write_fits
+from kpfmasters.qa.records import ccd_statistics, previous_master, qc_cards, read_frame_headers
+from kpfmasters.science.flat import load_order_mask, normalize_flat
+from kpfmasters.science.stack import stack_files
 
 log = logging.getLogger(__name__)
 

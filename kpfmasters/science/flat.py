@@ -22,8 +22,8 @@ import numpy as np
 from astropy.io import fits
 from scipy.ndimage import gaussian_filter
 
-from .errors import InputError
-from .fitsutil import check_complete
+from kpfmasters.core.errors import InputError
+from kpfmasters.io.fits import check_complete
 
 MAX_ORDERLET = 5
 MAX_LABEL = 255  # largest orderlet value normalize_flat accepts

@@ -1,6 +1,6 @@
 """What the Snakemake rules ask of a night: targets, inputs, parameters and resources.
 
-:class:`Plans` holds one :class:`~kpfmasters.selection.NightPlan` per night (headers scanned
+:class:`Plans` holds one :class:`~kpfmasters.plan.selection.NightPlan` per night (headers scanned
 once, through the night's index file) and answers the input functions of ``rules/*.smk``.
 It is plain Python so the workflow's decisions are tested without Snakemake.
 """
@@ -11,15 +11,15 @@ import json
 import math
 from pathlib import Path
 
-from . import __version__
-from .config import config_hash
-from .errors import InputError, KPFMastersError, NoPredecessorError
-from .fitsutil import atomic_output, check_complete, verify_checksums
-from .naming import master_name, two_d_name
-from .night import scan_night
-from .predecessors import Candidate, masters_on_disk, nearest
-from .rejects import apply_rejections, night_rejections, rejects_dir
-from .selection import NightPlan, Selection, plan_night, selection_keywords
+from kpfmasters import __version__
+from kpfmasters.core.config import config_hash
+from kpfmasters.core.errors import InputError, KPFMastersError, NoPredecessorError
+from kpfmasters.core.naming import master_name, two_d_name
+from kpfmasters.io.fits import atomic_output, check_complete, verify_checksums
+from kpfmasters.plan.night import scan_night
+from kpfmasters.plan.predecessors import Candidate, masters_on_disk, nearest
+from kpfmasters.plan.rejects import apply_rejections, night_rejections, rejects_dir
+from kpfmasters.plan.selection import NightPlan, Selection, plan_night, selection_keywords
 
 
 def canonical(value):
@@ -37,7 +37,7 @@ PREDECESSORS = {"dark": ("bias",), "flat": ("bias", "dark"), "arclamp": ("bias",
 class Plans:
     """Per-night selection plans and the answers the rules need from them.
 
-    ``cfg`` is a normalised configuration (:func:`kpfmasters.config.normalize_config`);
+    ``cfg`` is a normalised configuration (:func:`kpfmasters.core.config.normalize_config`);
     ``log`` has ``info``/``warning``/``error`` (Snakemake's logger in the workflow).
     Selection lines are logged once per night, in the main process only.
     """
@@ -90,7 +90,7 @@ class Plans:
         return self._plans[date]
 
     def night_rejects(self, date: str) -> list[dict]:
-        """The night's rejects (:func:`kpfmasters.rejects.night_rejections`)."""
+        """The night's rejects (:func:`kpfmasters.plan.rejects.night_rejections`)."""
         return night_rejections(self.cfg["work_root"], self.cfg["l0_root"], date)
 
     def selection(self, date: str, mtype: str, tag: str | None = None) -> Selection:
@@ -305,7 +305,7 @@ class Plans:
 
 def database_lookup(date: str, mtype: str, max_age_days: int | None) -> Path:
     """Nearest registered master of ``mtype`` for ``date`` from the calibration database."""
-    from .db import connect, nearest_master
+    from kpfmasters.db import connect, nearest_master
 
     conn = connect()
     try:

@@ -12,7 +12,7 @@
 - ``order_mask.fits``: ``GREEN_CCD``/``RED_CCD`` int16 images, 0 off-trace, 1..5 orderlets;
 - ``truth/<date>/``: ``truth.json`` (parameters, per-amplifier constants), ``frames.json``
   (one record a file) and one ``<CCD>.<array>.npy`` per truth array (see
-  :mod:`kpfmasters.simtruth` for units).
+  :mod:`kpfmasters.sim.truth` for units).
 
 A frame collects, per CCD pixel, ``bias + EXPTIME * (dark + prnu * light)`` electrons (plus
 shot noise and cosmic rays unless ``noise=False``); each amplifier's share is divided by its
@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from .fitsutil import atomic_output, write_fits
-from .simtruth import (
+from kpfmasters.io.fits import atomic_output, write_fits
+from kpfmasters.sim.truth import (
     CAHK,
     CCD_NAMES,
     CCDTruth,

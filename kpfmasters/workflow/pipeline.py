@@ -10,8 +10,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .config import PATH_KEYS, REPO_ROOT
-from .errors import KPFMastersError
+from kpfmasters.core.config import PATH_KEYS, REPO_ROOT
+from kpfmasters.core.errors import KPFMastersError
 
 SNAKEFILE = REPO_ROOT / "Snakefile"
 

@@ -1,6 +1,6 @@
 """Reading L0 files safely: structure checks, amplifier extensions, gains (SPEC section 1).
 
-Every problem raises :class:`~kpfmasters.errors.InputError` whose message starts with the
+Every problem raises :class:`~kpfmasters.core.errors.InputError` whose message starts with the
 file's path and names the extension or keyword and what was expected. Pixel data are never
 read here except by :func:`amp_data`, which returns the (possibly memory-mapped) array.
 
@@ -26,7 +26,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyError
 
-from .errors import InputError
+from kpfmasters.core.errors import InputError
 
 CCDS = ("GREEN", "RED")
 AMP_NUMBERS = (1, 2, 3, 4)

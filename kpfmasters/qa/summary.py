@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from .naming import MASTER_NAME_RE
+from kpfmasters.core.naming import MASTER_NAME_RE
 
 
 def master_row(path: str | Path) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
-from .errors import InputError
+from kpfmasters.core.errors import InputError
 
 TMP_MARK = ".tmp-"
 

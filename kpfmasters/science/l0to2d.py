@@ -15,7 +15,7 @@ SPEC section 2, for each CCD (GREEN, RED):
    traces share KPF production's orientation.
 
 Raw values are read as stored and scaled here (``stored * BSCALE + BZERO``, float64, see
-:mod:`kpfmasters.l0read`): unsigned and scaled encodings cost one more operation on a block
+:mod:`kpfmasters.science.l0read`): unsigned and scaled encodings cost one more operation on a block
 that is in cache, and plain images stay memory-mapped.
 
 ``ndata = ncols - prescan - serial_overscan``: the data size is what remains of the image, so
@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from .errors import ConfigError, InputError
-from .fitsutil import write_fits
-from .l0read import (
+from kpfmasters.core.errors import ConfigError, InputError
+from kpfmasters.io.fits import write_fits
+from kpfmasters.science.l0read import (
     CCDS,
     Scaling,
     amp_data,
@@ -432,7 +432,7 @@ def build_2d(
 ) -> tuple[fits.HDUList, dict]:
     """The 2D HDUList of an open L0 file (SPEC section 2, steps 1-4), in memory, and a report.
 
-    ``hdul`` comes from :func:`~kpfmasters.l0read.open_l0` (it must stay open while the
+    ``hdul`` comes from :func:`~kpfmasters.science.l0read.open_l0` (it must stay open while the
     result is used: the CA_HK copy may be memory-mapped). The list holds PRIMARY (the L0
     primary header plus GRNAMPS/REDAMPS, 0 for an absent CCD), ``GREEN_CCD``/``RED_CCD``
     (float32 electrons) for the CCDs that have amplifiers, ``CA_HK`` as is when present.

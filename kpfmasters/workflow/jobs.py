@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .logs import script_logging
-from .masters import MasterJob, build_master
+from kpfmasters.core.logs import script_logging
+from kpfmasters.science.master import MasterJob, build_master
 
 PREDECESSOR_INPUTS = ("bias", "dark", "flat")
 

@@ -18,8 +18,8 @@ import operator
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .naming import object_tag, two_d_name
-from .night import Frame, is_number
+from kpfmasters.core.naming import object_tag, two_d_name
+from kpfmasters.plan.night import Frame, is_number
 
 MJD_EPOCH = dt.date(1858, 11, 17)
 

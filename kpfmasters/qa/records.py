@@ -2,7 +2,7 @@
 
 Two moments:
 
-* **When a master is written** (:func:`kpfmasters.masters.build_master`), each CCD extension
+* **When a master is written** (:func:`kpfmasters.science.master.build_master`), each CCD extension
   gets its statistics as ``QC*`` header keywords (:func:`ccd_statistics`, :func:`qc_cards`),
   so the numbers travel with the file and the file is never touched afterwards:
 
@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from . import __version__
+from kpfmasters import __version__
 
 log = logging.getLogger(__name__)
 
@@ -463,7 +463,7 @@ def night_report(
 
     ``settings``: configuration section of each master type; ``previews``: for each master
     kind, {CCD: {figure: path}}; ``rejects``: the frames L0 -> 2D refused
-    (:func:`kpfmasters.rejects.night_rejections`: name, problem, version, current).
+    (:func:`kpfmasters.plan.rejects.night_rejections`: name, problem, version, current).
     """
     qa = qa_settings(qa)
     records = []

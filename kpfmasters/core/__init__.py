@@ -1,0 +1,1 @@
+"""Ground floor: errors, configuration, names and logging. Imports nothing else of kpfmasters."""

@@ -1,0 +1,1 @@
+"""FITS input and output: atomic writes, verification. May import only :mod:`kpfmasters.core`."""
