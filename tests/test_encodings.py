@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from kpfmasters.core.errors import InputError
 from kpfmasters.science.l0to2d import AmpGeometry, convert_l0
 
 GEO = AmpGeometry(prescan=3, serial_overscan=12, parallel_overscan=5, edge_skip=2, nsigma=2.1)
@@ -181,3 +182,25 @@ def test_every_encoding_gives_bit_identical_2d(tmp_path, adc_scale, encodings, n
     dn = amps[0][3, 5] / adc_scale
     assert dn == (SAT_DN if adc_scale > 1 else SAT_DN - 1)
     assert red[3, 5 - GEO.prescan] == np.float32(dn * GAINS[0] - level)
+
+
+def test_blank_pixels_become_nan_and_a_blank_in_the_overscan_is_refused(tmp_path):
+    """BITPIX 16 unsigned data with BLANK: the undefined pixel is a missing (NaN) pixel of
+    the 2D image; one in the overscan strip makes the frame unusable, named."""
+    amps = physical_amps(seed=3, namps=2, scale=1)
+    blank = -32768  # stored value: physical 0 after BZERO 32768
+    path = write_l0(tmp_path / "KP.20240101.00002.00.fits", amps, "uint16", False)
+    with fits.open(path, mode="update", do_not_scale_image_data=True) as hdul:
+        for hdu in hdul[1:]:
+            hdu.header["BLANK"] = blank
+            if hdu.name.endswith("AMP1"):
+                hdu.data[4, 6] = blank  # a data pixel (stored AMP1 row 4, column 6)
+    out = tmp_path / "blank_2D.fits"
+    convert_l0(path, out, GEO, 1)
+    red = fits.getdata(out, "RED_CCD")
+    assert np.isnan(red[4, 6 - GEO.prescan])
+    assert np.isfinite(red).sum() == red.size - 1
+    with fits.open(path, mode="update", do_not_scale_image_data=True) as hdul:
+        hdul["RED_AMP2"].data[2, 5] = blank  # AMP2 is mirrored: stored column 5 is overscan
+    with pytest.raises(InputError, match=r"RED_AMP2: NaN/Inf \(or BLANK\) values"):
+        convert_l0(path, tmp_path / "refused_2D.fits", GEO, 1)

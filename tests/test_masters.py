@@ -348,3 +348,11 @@ def test_order_mask_with_a_ca_hk_image_is_read_for_green_and_red_only(night, tmp
     with fits.open(out) as h, fits.open(night.master(DATE, "flat")) as made:
         for ext in ("GREEN_CCD", "RED_CCD", "CA_HK"):
             np.testing.assert_array_equal(h[ext].data, made[ext].data)
+
+
+def test_mid_time_is_the_mean_instant_in_utc():
+    from kpfmasters.science.master import mid_time
+
+    assert mid_time(60101.25, 60101.75) == (60101.5, "2023-06-06T12:00:00.000")
+    mid, iso = mid_time(60101.0, 60101.0 + 1.0 / 86400 / 1000 * 1.6)  # 1.6 ms apart
+    assert iso == "2023-06-06T00:00:00.001"  # 0.8 ms, rounded to the millisecond

@@ -525,3 +525,25 @@ def test_manual_frames_are_marked(tmp_path):
     ]
     heads = [fits.getheader(f.path) for f in manual]
     assert heads[1]["FFSHTR"] == "open" and heads[2]["ELAPSED"] == 0.5
+
+
+def test_trace_lands_where_kpf_orientation_puts_it(quiet, tmp_path):
+    """In 2-amplifier mode KPF's GREEN amplifiers read from the other edge: a trace at 2D
+    row y (truth and order mask) is stored at amplifier row N - 1 - y, and the L0 -> 2D step
+    puts it back at y; RED is stored as it lies."""
+    from kpfmasters.science.l0to2d import AmpGeometry, convert_l0
+
+    flat = quiet.expected("flat")[0]
+    out = tmp_path / "flat_2D.fits"
+    convert_l0(flat.path, out, AmpGeometry(), quiet.geometry.adc_scale)
+    n = quiet.geometry.size
+    column = 10  # a column of AMP1
+    with fits.open(flat.path) as l0, fits.open(out) as two_d:
+        for ccd in CCDS:
+            truth = quiet.ccds[ccd]
+            y = int(np.argmax(truth.lamp[:, column]))  # brightest trace row in 2D orientation
+            assert truth.order_mask[y, column] > 0
+            stored = l0[f"{ccd.split('_')[0]}_AMP1"].data[:n, 4 + column].astype(np.int64)
+            expected_row = n - 1 - y if ccd == "GREEN_CCD" else y
+            assert int(np.argmax(stored)) == expected_row, ccd
+            assert int(np.argmax(two_d[ccd].data[:, column])) == y, ccd

@@ -212,8 +212,8 @@ def mid_time(minmjd: float, maxmjd: float) -> tuple[float, str]:
     """(MIDMJD, DATE-MID): the mean of ``minmjd`` and ``maxmjd`` (days), and the same
     instant as ISO 8601 UTC to the millisecond (``YYYY-MM-DDTHH:MM:SS.sss``)."""
     mid = 0.5 * (float(minmjd) + float(maxmjd))
-    when = dt.datetime(1970, 1, 1) + dt.timedelta(days=mid - MJD_UNIX)
-    return mid, when.isoformat(timespec="milliseconds")
+    when = dt.datetime(1970, 1, 1) + dt.timedelta(days=mid - MJD_UNIX, microseconds=500)
+    return mid, when.isoformat(timespec="milliseconds")  # truncates: rounded by the 500 us
 
 
 def add_mid_time(header: fits.Header, minmjd: float, maxmjd: float) -> None:
