@@ -2,7 +2,7 @@
 
 Part of ``make bench`` (``bench_stack.py`` runs it after the stack table) and runnable alone:
 
-    python bench/bench_l0.py                 # 3 frame kinds, 7 rounds in-process, 5 processes
+    python bench/bench_l0.py                 # 5 frame kinds, 7 rounds in-process, 5 processes
     python bench/bench_l0.py --quick         # 512 x 512 frames, a smoke run (seconds)
 
 Frames: one simulated bias L0 file per kind (``kpfmasters.sim.simulate``: 4080 x 4080 data
