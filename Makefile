@@ -35,6 +35,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_stack.py
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/bench_l0.py
 
 bench-night: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH bash bench/night.sh

@@ -1,6 +1,6 @@
 """Benchmark: L0 -> 2D of a full-size frame against just reading its amplifier data.
 
-Part of ``make bench`` (``bench_stack.py`` runs it after the stack table) and runnable alone:
+Part of ``make bench`` (after ``bench_stack.py``) and runnable alone:
 
     python bench/bench_l0.py                 # 5 frame kinds, 7 rounds in-process, 5 processes
     python bench/bench_l0.py --quick         # 512 x 512 frames, a smoke run (seconds)
@@ -38,6 +38,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchlib import kpf_command, machine_details, run_once, warm_cache
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -217,7 +219,6 @@ def in_process(path: Path, rounds: int, out: Path, env: dict) -> dict[str, list[
 
 def whole_processes(path: Path, count: int, out: Path, env: dict) -> dict[str, tuple]:
     """(median wall s, max peak RSS bytes) of ``count`` read and ``count`` l0to2d processes."""
-    from bench_stack import kpf_command, run_once, warm_cache
 
     commands = {
         "read": [sys.executable, "-c", READ_SCRIPT, str(path)],
@@ -297,9 +298,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.pair:
         print(json.dumps(pair_child(args.pair, 3 * rounds)))
         return 0
-
-    sys.path.insert(0, str(HERE))
-    from bench_stack import machine_details
 
     size = args.size or (512 if args.quick else 4080)
     processes = args.processes or (1 if args.quick else 5)

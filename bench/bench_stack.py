@@ -30,8 +30,7 @@ The table is printed and appended, with the machine's details, to ``bench/RESULT
     python bench/bench_stack.py --quick                 # small frames, smoke run (~1 min)
     python bench/bench_stack.py --n 30 --peers kpf,numpy --repeat 5
 
-Then (unless ``--skip-l0``) the L0 -> 2D benchmark, ``bench_l0.py``, runs with the same work
-directory and results file: a full-size L0 frame converted against just reading it.
+``make bench`` then runs the L0 -> 2D benchmark, ``bench_l0.py``, with the same results file.
 """
 
 from __future__ import annotations
@@ -39,8 +38,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -50,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from benchlib import kpf_command, machine_details, run_once, warm_cache
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -112,24 +110,9 @@ def make_frames(workdir: Path, size: int, count: int, seed: int = 20230606) -> l
     return paths
 
 
-def warm_cache(paths: list[Path]) -> None:
-    """Read every input once so that timed runs start from a warm page cache."""
-    chunk = bytearray(8 * MiB)
-    view = memoryview(chunk)
-    for path in paths:
-        with open(path, "rb", buffering=0) as handle:
-            while handle.readinto(view):
-                pass
-
-
 # --------------------------------------------------------------------------------------------
 # Peers
 # --------------------------------------------------------------------------------------------
-
-
-def kpf_command() -> list[str]:
-    exe = shutil.which("kpfmasters")
-    return [exe] if exe else [sys.executable, "-m", "kpfmasters.cli"]
 
 
 def command(peer: str, files: list[Path], out: Path, nsigma: float, args) -> list[str]:
@@ -170,54 +153,6 @@ def available_memory() -> float:
     except OSError:
         pass
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-
-
-# Runs one command and writes "wall cpu maxrss_kib exit_code" to argv[1]. A small process of
-# its own forks the command: a child's ru_maxrss starts from the peak RSS of the process it
-# was forked from (Linux carries it over exec), so forking from this script, which loads
-# the outputs to compare them, would inflate every peer's figure.
-MEASURE = """
-import os, sys, time
-t0 = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    try:
-        os.execvp(sys.argv[2], sys.argv[2:])
-    finally:
-        os._exit(127)
-_, status, usage = os.wait4(pid, 0)
-wall = time.perf_counter() - t0
-with open(sys.argv[1], "w") as out:
-    cpu = usage.ru_utime + usage.ru_stime
-    out.write(f"{wall} {cpu} {usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}")
-"""
-
-
-def run_once(cmd: list[str], env: dict, timeout: float) -> tuple[float, float, float, str]:
-    """(wall s, CPU s (user + system), peak RSS bytes, error text or '') of one command."""
-    with tempfile.TemporaryDirectory(prefix="kpf-bench-") as tmp:
-        report = Path(tmp) / "rusage"
-        with open(Path(tmp) / "log", "w+b") as log:
-            wrapper = [sys.executable, "-I", "-S", "-c", MEASURE, str(report), *cmd]
-            proc = subprocess.Popen(
-                wrapper, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-            try:
-                proc.wait(timeout=timeout)
-            except BaseException as exc:  # timeout or interrupted: stop the whole group
-                os.killpg(proc.pid, 9)
-                proc.wait()
-                if isinstance(exc, subprocess.TimeoutExpired):
-                    return timeout, 0.0, 0.0, f"timeout after {timeout:.0f} s"
-                raise
-            log.seek(0)
-            output = log.read().decode(errors="replace")
-        try:
-            wall, cpu, maxrss, code = report.read_text().split()
-        except (OSError, ValueError):
-            return 0.0, 0.0, 0.0, f"no measurement: {output.strip()[-300:]}"
-    error = "" if int(code) == 0 else f"exit {code}: {output.strip()[-300:]}"
-    return float(wall), float(cpu), float(maxrss) * 1024.0, error
 
 
 @dataclass
@@ -271,7 +206,8 @@ def numba_compile_cost(env: dict) -> dict[str, tuple[float, float]]:
     code = (
         "import sys, time; t = time.perf_counter()\n"
         "from kpfmasters.science.stack import stack_files\n"
-        "stack_files(sys.argv[1:], 'GREEN_CCD', 2.1, preprocess=lambda i, r, b: b * 2)\n"
+        "stack_files(sys.argv[1:], 'GREEN_CCD', 2.1, memory_mb=256,\n"
+        "            preprocess=lambda i, r, b: b * 2)\n"
         "print(time.perf_counter() - t)\n"
     )
     costs: dict[str, tuple[float, float]] = {}
@@ -305,41 +241,6 @@ def numba_compile_cost(env: dict) -> dict[str, tuple[float, float]]:
 # --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
-
-
-def machine_details() -> list[str]:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    versions = []
-    for name in ("numpy", "numba", "astropy", "scipy", "ccdproc"):
-        try:
-            module = __import__(name)
-            versions.append(f"{name} {module.__version__}")
-        except ImportError:
-            versions.append(f"{name} missing")
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        commit = "?"
-    return [
-        f"- CPU: {cpu}, {cores} cores usable; RAM {ram:.1f} GiB; {platform.platform()}",
-        f"- Python {platform.python_version()}; {', '.join(versions)}; kpf-masters at {commit}",
-        f"- load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
-        "(the machine is shared; other jobs may have run during the benchmark)",
-    ]
 
 
 def format_table(rows: list[Row], npix: int) -> list[str]:
@@ -381,7 +282,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--no-record", action="store_true", help="do not append RESULTS.md")
     parser.add_argument("--skip-compile-cost", action="store_true")
-    parser.add_argument("--skip-l0", action="store_true", help="no L0 -> 2D part (bench_l0.py)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     details = machine_details()  # load average and commit as the benchmark starts
@@ -488,14 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                 handle.write("# Benchmark results (appended by bench/bench_stack.py)\n")
             handle.write("\n".join(lines))
         print(f"appended to {args.results}")
-    if args.skip_l0:
-        return 0
-    import bench_l0  # L0 -> 2D against reading the amplifiers, same workdir and results
-
-    l0_args = ["--workdir", str(args.workdir), "--results", str(args.results)]
-    l0_args += ["--quick"] if args.quick else []
-    l0_args += ["--no-record"] if args.no_record else []
-    return bench_l0.main(l0_args)
+    return 0
 
 
 if __name__ == "__main__":

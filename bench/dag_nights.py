@@ -16,11 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from kpfmasters.sim.simulate import simulate_night
+from kpfmasters.workflow.pipeline import snakemake_argv
 
-from kpfmasters.sim.simulate import simulate_night  # noqa: E402
-from kpfmasters.workflow.pipeline import snakemake_argv  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 COUNTS = {
     "bias": 3,

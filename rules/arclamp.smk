@@ -2,6 +2,7 @@ rule master_arclamp:
     """Stack calibrated arclamp frames of one OBJECT (the file name carries its tag)."""
     input:
         frames=frames_2d("arclamp"),
+        previous=previous_master("arclamp"),
         bias=predecessor("bias"),
         dark=predecessor("dark"),
         flat=predecessor("flat"),
@@ -16,6 +17,8 @@ rule master_arclamp:
     threads: CFG["stack"]["threads"]
     resources:
         mem_mb=stack_mem_mb("arclamp"),
+        band_mb=CFG["stack"]["memory_mb"],
+        band_rows=CFG["stack"]["band_rows"],
         runtime=stack_runtime("arclamp"),
     params:
         master=master_params("arclamp"),

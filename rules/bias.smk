@@ -2,6 +2,7 @@ rule master_bias:
     """Stack the night's bias frames (SPEC sections 3-5)."""
     input:
         frames=frames_2d("bias"),
+        previous=previous_master("bias"),
     output:
         f"{MASTERS}/{{date}}/kpf_{{date}}_master_bias.fits",
     log:
@@ -13,6 +14,8 @@ rule master_bias:
     threads: CFG["stack"]["threads"]
     resources:
         mem_mb=stack_mem_mb("bias"),
+        band_mb=CFG["stack"]["memory_mb"],
+        band_rows=CFG["stack"]["band_rows"],
         runtime=stack_runtime("bias"),
     params:
         master=master_params("bias"),

@@ -44,8 +44,10 @@ PLANS = ws.Plans(
 )
 
 
+# Only this run's nights are made: a master of another night (a predecessor or the previous
+# master found on disk) is an input as it is, never rebuilt.
 wildcard_constraints:
-    date=r"\d{8}",
+    date="|".join(NIGHTS),
     stem=r"KP\.\d{8}\.\d{5}\.\d{2}",
     tag=r"[A-Za-z0-9._+-]+",
 
@@ -68,6 +70,15 @@ def predecessor(mtype):
 
     def inputs(wildcards):
         return PLANS.predecessor(wildcards.date, mtype)
+
+    return inputs
+
+
+def previous_master(mtype):
+    """Input function: the previous night's master of the same kind (QC comparison)."""
+
+    def inputs(wildcards):
+        return PLANS.previous_master(wildcards.date, mtype, wildcards.get("tag"))
 
     return inputs
 

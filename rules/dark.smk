@@ -2,6 +2,7 @@ rule master_dark:
     """Stack (frame - master bias) / EXPTIME of the night's darks."""
     input:
         frames=frames_2d("dark"),
+        previous=previous_master("dark"),
         bias=predecessor("bias"),
     output:
         f"{MASTERS}/{{date}}/kpf_{{date}}_master_dark.fits",
@@ -14,6 +15,8 @@ rule master_dark:
     threads: CFG["stack"]["threads"]
     resources:
         mem_mb=stack_mem_mb("dark"),
+        band_mb=CFG["stack"]["memory_mb"],
+        band_rows=CFG["stack"]["band_rows"],
         runtime=stack_runtime("dark"),
     params:
         master=master_params("dark"),

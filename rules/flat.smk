@@ -2,6 +2,7 @@ rule master_flat:
     """Stack bias-, dark-corrected flats and normalise per orderlet with the order mask."""
     input:
         frames=frames_2d("flat"),
+        previous=previous_master("flat"),
         bias=predecessor("bias"),
         dark=predecessor("dark"),
         order_mask=CFG["order_mask"],
@@ -16,6 +17,8 @@ rule master_flat:
     threads: CFG["stack"]["threads"]
     resources:
         mem_mb=stack_mem_mb("flat"),
+        band_mb=CFG["stack"]["memory_mb"],
+        band_rows=CFG["stack"]["band_rows"],
         runtime=stack_runtime("flat"),
     params:
         master=master_params("flat"),

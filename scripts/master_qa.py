@@ -10,10 +10,10 @@ from pathlib import Path
 from kpfmasters.core.logs import script_logging
 from kpfmasters.io.fits import atomic_output
 from kpfmasters.qa.figures import master_page, master_previews
-from kpfmasters.qa.records import assessed_record, qa_settings
+from kpfmasters.qa.records import assessed_record
 
 with script_logging(snakemake.log[0], "kpfmasters.master_qa") as log:
-    qa = qa_settings(snakemake.params.qa)
+    qa = snakemake.params.qa
     settings = snakemake.params.settings
     master = str(snakemake.input.master)
     masks = (

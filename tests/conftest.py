@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 # numba's on-disk cache must be writable and private to the test run.
 os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO / ".pytest_cache" / "numba"))
@@ -56,4 +54,4 @@ def pytest_collection_modifyitems(config, items):
             item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
 
 
-from pgserver import pg_server  # noqa: E402, F401  (session fixture: a throw-away PostgreSQL)
+from tests.pgserver import pg_server  # noqa: E402, F401  (session fixture: a throw-away PostgreSQL)

@@ -1,10 +1,10 @@
-"""pytest fixture: a throw-away PostgreSQL server (see :mod:`kpfmasters.db.throwaway`)."""
+"""pytest fixture: a throw-away PostgreSQL server (see :mod:`kpfmasters.workflow.throwaway_pg`)."""
 
 from __future__ import annotations
 
 import pytest
 
-from kpfmasters.db.throwaway import PgServer, unavailable_reason
+from kpfmasters.workflow.throwaway_pg import PgServer, unavailable_reason
 
 __all__ = ["PgServer", "pg_server", "unavailable_reason"]
 

@@ -70,3 +70,15 @@ def test_config_hash_is_stable_and_sensitive():
     assert a == config_hash("0.1", {"x": [1, 2], "nsigma": 2.3})
     assert a != config_hash("0.1", {"nsigma": 2.4, "x": [1, 2]})
     assert len(a) == 16
+
+
+def test_outside_a_checkout_is_one_clear_error(monkeypatch, tmp_path):
+    """A package installed without its checkout (a wheel) says so in one line."""
+    import kpfmasters.core.config as config_module
+    from kpfmasters.workflow.pipeline import snakemake_argv
+
+    monkeypatch.setattr(config_module, "REPO_ROOT", tmp_path)
+    with pytest.raises(ConfigError, match=r"runs from its git checkout.*no Snakefile or config"):
+        load_config(overrides={"date": "20230606"})
+    with pytest.raises(ConfigError, match="clone the repository"):
+        snakemake_argv({"date": "20230606"}, workdir=tmp_path, cores=1)

@@ -11,8 +11,7 @@ import pytest
 
 from kpfmasters.db import init_schema
 from kpfmasters.sim.simulate import simulate_night
-
-from smk import REPO, Night, daily_cmd
+from tests.smk import REPO, Night, daily_cmd
 
 DATE = "20230606"
 COUNTS = {"bias": 3, "dark": 2, "flat": 2, "arclamp": {"autocal-une-sky": 2}}

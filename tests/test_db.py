@@ -40,9 +40,9 @@ from kpfmasters.db import (
     register_night_report,
     resolve_settings,
 )
-from kpfmasters.db import throwaway as pgserver
-from kpfmasters.db.throwaway import free_port
 from kpfmasters.io.fits import write_fits
+from kpfmasters.workflow import throwaway_pg as pgserver
+from kpfmasters.workflow.throwaway_pg import free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.xdist_group("postgres")]
 

@@ -26,13 +26,12 @@ import yaml
 from kpfmasters import cli
 from kpfmasters.core.config import DEFAULT_CONFIG_PATH
 from kpfmasters.db import init_schema
-from kpfmasters.db.throwaway import free_port
 from kpfmasters.science.l0to2d import AmpGeometry, convert_l0
 from kpfmasters.science.master import MasterJob, build_master, read_verified
 from kpfmasters.sim.simulate import simulate_night
 from kpfmasters.workflow.pipeline import snakemake_argv
-
-from smk import REPO, Night
+from kpfmasters.workflow.throwaway_pg import free_port
+from tests.smk import REPO, Night
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.xdist_group("postgres")]
 
@@ -160,7 +159,7 @@ def test_db_register_command_faults_then_a_rerun_registers(
     masters = tmp_path / "masters"
     simulate_night(tmp_path / "sim", DATE, seed=9, size=48, counts=COUNTS, extras=False)
     frames = sorted((tmp_path / "sim" / "L0" / DATE).glob("KP.*.fits"))
-    geometry = AmpGeometry(4, 50, 30, 5, 2.1)
+    geometry = AmpGeometry(4, 50, 30, 5, 2.1, ("GREEN",), ())
     paths = []
     for frame in frames:
         paths.append(tmp_path / "2D" / frame.name.replace(".fits", "_2D.fits"))
@@ -172,7 +171,11 @@ def test_db_register_command_faults_then_a_rerun_registers(
     ]  # fmt: skip
     settings = {"nsigma": 2.1, "flag_min_count": 10, "extensions": ["GREEN_CCD", "RED_CCD"]}
     bias = masters / DATE / f"kpf_{DATE}_master_bias.fits"
-    build_master(MasterJob("bias", DATE, str(bias), [str(p) for p in paths], rows_in, settings))
+    stack = {"memory_mb": 64, "band_rows": 0}
+    job = MasterJob(
+        "bias", DATE, str(bias), [str(p) for p in paths], rows_in, settings, stack, 0.01
+    )
+    build_master(job)
     made = md5(bias)
     argv = ["db", "register", "--date", DATE, "--masters-root", str(masters)]
     right = pgpass(tmp_path / "pgpass", db, db.password)

@@ -17,7 +17,15 @@ from astropy.io import fits
 from kpfmasters.core.errors import InputError
 from kpfmasters.science.l0to2d import AmpGeometry, convert_l0
 
-GEO = AmpGeometry(prescan=3, serial_overscan=12, parallel_overscan=5, edge_skip=2, nsigma=2.1)
+GEO = AmpGeometry(
+    prescan=3,
+    serial_overscan=12,
+    parallel_overscan=5,
+    edge_skip=2,
+    nsigma=2.1,
+    flip_2amp=("GREEN",),
+    flip_4amp=(),
+)
 NROWS, NCOLS = 25, 3 + 16 + 12
 GAINS = (1.5, 2.0, 0.75, 1.25)
 SAT_DN = 65535

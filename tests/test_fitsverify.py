@@ -14,14 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
-from verifyfits import assert_verified, fitsverify, needs_fitsverify
 
 from kpfmasters import cli
 from kpfmasters.core.config import load_config
+from kpfmasters.core.products import product
 from kpfmasters.plan.plans import Plans
 from kpfmasters.science.l0to2d import AmpGeometry, convert_l0
-from kpfmasters.science.master import PREDECESSORS, MasterJob, build_master
+from kpfmasters.science.master import MasterJob, build_master
 from kpfmasters.sim.simulate import simulate_night
+from tests.verifyfits import assert_verified, fitsverify, needs_fitsverify
 
 pytestmark = [needs_fitsverify, pytest.mark.xdist_group("fitsverify")]
 
@@ -60,8 +61,9 @@ def products(tmp_path_factory) -> dict[str, Path]:
             rows=params["rows"],
             settings=params["settings"],
             obj=params["obj"],
-            predecessors={m: plans.predecessor(DATE, m) for m in PREDECESSORS[mtype]},
+            predecessors={m: plans.predecessor(DATE, m) for m in product(mtype).predecessors},
             order_mask=cfg["order_mask"] if mtype == "flat" else None,
+            stack=cfg["stack"],
             flag_fraction=params["flag_fraction"],
             cfghash=params["cfghash"],
         )

@@ -7,6 +7,7 @@ import pytest
 from astropy.io import fits
 from scipy.ndimage import gaussian_filter
 
+from kpfmasters.core.config import load_config
 from kpfmasters.core.errors import InputError
 from kpfmasters.science.flat import (
     FlatResult,
@@ -15,6 +16,9 @@ from kpfmasters.science.flat import (
     orderlet_modes,
     rounded_mode,
 )
+
+_SETTINGS = load_config(overrides={"date": "20230606"})["masters"]["flat"]
+FLAT = {k: _SETTINGS[k] for k in ("smooth_sigma", "low_light_limit")}  # the shipped values
 
 SHAPE = (64, 96)
 
@@ -57,7 +61,7 @@ def test_rounded_mode_ties_go_to_the_smaller_value():
 def test_designed_modes_per_orderlet_and_flat_values():
     stack, mask = designed_stack(), designed_mask()
     unc = np.full(SHAPE, 5.0)
-    res = normalize_flat(stack, unc, mask)
+    res = normalize_flat(stack, unc, mask, **FLAT)
     assert isinstance(res, FlatResult)
     assert res.norms == {1: 1.0, 2: 0.91, 3: 1.09}
     assert res.problems == []
@@ -81,7 +85,7 @@ def test_low_light_pixels_are_excluded_and_set_to_one():
     stack, mask = designed_stack(), designed_mask()
     unc = np.full(SHAPE, 5.0)
     # limit 1100: the 1000 columns are 'low light'; only 1200 columns count in orderlet 2
-    res = normalize_flat(stack, unc, mask, low_light_limit=1100.0)
+    res = normalize_flat(stack, unc, mask, **{**FLAT, "low_light_limit": 1100.0})
     assert res.norms == {1: 1.0, 2: 1.09, 3: 1.09}
     low = stack < 1100.0
     assert np.all(res.flat[low] == 1.0) and np.all(res.unc[low] == 0.0)
@@ -93,7 +97,7 @@ def test_orderlet_without_usable_pixel_is_a_problem():
     stack, mask = designed_stack(), designed_mask()
     mask[0:2, 10:20] = 5
     stack[0:2, 10:20] = 20.0  # below the limit of 50
-    res = normalize_flat(stack, np.ones(SHAPE), mask)
+    res = normalize_flat(stack, np.ones(SHAPE), mask, **FLAT)
     assert 5 not in res.norms and set(res.norms) == {1, 2, 3}
     assert len(res.problems) == 1 and "orderlet 5" in res.problems[0]
     assert np.all(res.flat[mask == 5] == 1.0) and np.all(res.unc[mask == 5] == 0.0)
@@ -105,7 +109,7 @@ def test_nan_stack_pixels_count_as_zero_in_the_blur_and_get_flat_one():
     stack[15, 40] = np.nan
     stack[45, 30] = np.nan
     unc = np.full(SHAPE, 3.0)
-    res = normalize_flat(stack, unc, mask)
+    res = normalize_flat(stack, unc, mask, **FLAT)
     lamp = reference_lamp(stack)
     np.testing.assert_array_equal(res.lamp, lamp)
     assert lamp[15, 41] < 1100 - 10  # the NaN pulled its neighbours' L down
@@ -120,7 +124,7 @@ def test_mask_none_is_one_orderlet_over_the_whole_ccd():
     stack = designed_stack()
     stack[0, 0] = 10.0  # low light, even without a mask
     unc = np.full(SHAPE, 2.0)
-    res = normalize_flat(stack, unc, None)
+    res = normalize_flat(stack, unc, None, **FLAT)
     # 32 x 96 pixels at U = 1.00 outnumber the 0.91 and 1.09 halves of the top
     assert res.norms == {1: 1.0}
     lamp = reference_lamp(stack)
@@ -134,7 +138,7 @@ def test_unc_is_scaled_like_the_flat():
     rng = np.random.default_rng(2)
     stack = 1000.0 * (1.0 + 0.02 * rng.standard_normal(SHAPE))
     unc = rng.uniform(1.0, 9.0, SHAPE)
-    res = normalize_flat(stack, unc, None, smooth_sigma=3.0)
+    res = normalize_flat(stack, unc, None, **{**FLAT, "smooth_sigma": 3.0})
     lamp = gaussian_filter(stack, 3.0, mode="reflect", truncate=4.0)
     keys = np.rint(100 * stack / lamp)
     uniq, counts = np.unique(keys, return_counts=True)
@@ -147,9 +151,9 @@ def test_unc_is_scaled_like_the_flat():
 
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError, match="mask shape"):
-        normalize_flat(np.ones((4, 4)), np.ones((4, 4)), np.ones((4, 5), dtype=int))
+        normalize_flat(np.ones((4, 4)), np.ones((4, 4)), np.ones((4, 5), dtype=int), **FLAT)
     with pytest.raises(ValueError, match="unc"):
-        normalize_flat(np.ones((4, 4)), np.ones((3, 4)), None)
+        normalize_flat(np.ones((4, 4)), np.ones((3, 4)), None, **FLAT)
 
 
 # -- order mask file ------------------------------------------------------------------------

@@ -13,8 +13,7 @@ from astropy.time import Time
 from kpfmasters.core.config import load_config
 from kpfmasters.plan import plans as workflow_support
 from kpfmasters.sim.simulate import simulate_night
-
-from smk import REPO, Night, dry_run_outputs, snakemake
+from tests.smk import REPO, Night, dry_run_outputs, snakemake
 
 DATE = "20230606"
 COUNTS = {

@@ -21,14 +21,13 @@ from pathlib import Path
 
 import pytest
 from astropy.io import fits
-from verifyfits import assert_verified, needs_fitsverify
 
 from kpfmasters.core.errors import InputError
 from kpfmasters.science.master import read_verified
 from kpfmasters.sim.simulate import simulate_night
 from kpfmasters.workflow.pipeline import snakemake_argv, snakemake_locks
-
-from smk import REPO, Night, daily_cmd, snakemake
+from tests.smk import REPO, Night, daily_cmd, snakemake
+from tests.verifyfits import assert_verified, needs_fitsverify
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("interrupt")]
 

@@ -17,7 +17,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from astropy.io import fits
-from badinputs import derive, float_amps_with, replace_in_header
 
 from kpfmasters import cli
 from kpfmasters.core.config import REPO_ROOT, load_config
@@ -29,8 +28,8 @@ from kpfmasters.plan.selection import check_rule, plan_night
 from kpfmasters.qa.records import night_report
 from kpfmasters.science.l0to2d import AmpGeometry, convert_l0
 from kpfmasters.sim.simulate import simulate_night
-
-from smk import Night, snakemake
+from tests.badinputs import derive, float_amps_with, replace_in_header
+from tests.smk import Night, snakemake
 
 DATE = "20230606"
 OTHER = "20230605"
@@ -206,7 +205,7 @@ def test_unparsable_header_cards_make_one_frame_unusable(tmp_path):
     )
     assert plan.get("bias").buildable and len(plan.get("bias").used) == 3
     # the conversion refuses them too, naming file and card
-    geometry = AmpGeometry()
+    geometry = AmpGeometry.from_config(config(tmp_path))
     with pytest.raises(InputError, match=r"PRIMARY header card .*EXPTIME.* cannot be parsed"):
         convert_l0(bad["EXPTIME = 0.0.0"], tmp_path / "x.fits", geometry, 65536)
     with pytest.raises(InputError, match="extension GREEN_AMP1 appears 2 times"):
@@ -248,7 +247,9 @@ def run_l0_script(l0: Path, out: Path, folder: Path) -> None:
         output=[str(out)],
         log=[str(out.with_suffix(".log"))],
         params=SimpleNamespace(
-            geometry=vars(AmpGeometry()), adc_scale=65536, rejects_dir=str(folder)
+            geometry=Plans(config(out.parent)).amp_geometry(),
+            adc_scale=65536,
+            rejects_dir=str(folder),
         ),
         threads=1,
     )

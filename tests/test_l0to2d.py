@@ -31,7 +31,12 @@ from kpfmasters.sim.simulate import expected_2d, simulate_night
 
 REPO = Path(__file__).resolve().parents[1]
 ADC = 65536
-SMALL = AmpGeometry(prescan=3, serial_overscan=12, parallel_overscan=5, edge_skip=2, nsigma=2.1)
+KPF_GEOMETRY = AmpGeometry.from_config(load_config(DEFAULT_CONFIG_PATH, {"date": "20230606"}))
+# KPF's orientation: GREEN flipped up-down after tiling in 2-amplifier mode
+KPF_FLIPS = {"flip_2amp": ("GREEN",), "flip_4amp": ()}
+SMALL = AmpGeometry(
+    prescan=3, serial_overscan=12, parallel_overscan=5, edge_skip=2, nsigma=2.1, **KPF_FLIPS
+)
 GAINS = {"GREEN": [1.5, 2.0, 0.75, 1.25], "RED": [1.25, 0.75, 2.0, 1.5]}
 PEDESTALS = {"GREEN": [1000, 1200, 900, 1100], "RED": [800, 950, 1050, 1150]}  # DN
 GARBAGE = 2_000_000_000  # prescan, parallel-overscan data columns, skipped edge columns
@@ -226,14 +231,25 @@ def test_strip_statistics_equal_clipped_mean_and_robust_std_bit_for_bit():
 def test_geometry_from_config_and_validation():
     geo = AmpGeometry.from_config(load_config(DEFAULT_CONFIG_PATH))
     assert geo == AmpGeometry(
-        prescan=4, serial_overscan=50, parallel_overscan=30, edge_skip=5, nsigma=2.1
+        prescan=4, serial_overscan=50, parallel_overscan=30, edge_skip=5, nsigma=2.1, **KPF_FLIPS
     )
     assert geo.data_size((4110, 2094)) == (4080, 2040)
     assert geo.strip_columns(2094) == slice(2049, 2089)
     with pytest.raises(ConfigError, match="serial_overscan"):
-        AmpGeometry(prescan=4, serial_overscan=10, parallel_overscan=30, edge_skip=5, nsigma=2)
+        AmpGeometry(
+            prescan=4, serial_overscan=10, parallel_overscan=30, edge_skip=5, nsigma=2, **KPF_FLIPS
+        )
     with pytest.raises(ConfigError, match="prescan"):
-        AmpGeometry(prescan=-1)
+        AmpGeometry(
+            prescan=-1,
+            serial_overscan=50,
+            parallel_overscan=30,
+            edge_skip=5,
+            nsigma=2.1,
+            **KPF_FLIPS,
+        )
+    with pytest.raises(ConfigError, match="flip_2amp"):
+        AmpGeometry(**{**vars(geo), "flip_2amp": ("BLUE",)})
 
 
 def test_orient_flips_views():
@@ -350,7 +366,7 @@ def test_compressed_equals_plain(tmp_path):
 
 def test_noisy_overscan_and_full_geometry(tmp_path):
     """Real widths (4, 50, 30, 5): the level is the clipped mean of the strip's electrons."""
-    geo = AmpGeometry()
+    geo = KPF_GEOMETRY
     drows, dcols = 40, 24
     t = truth_image((drows, 2 * dcols), seed=5)
     rng = np.random.default_rng(9)
@@ -603,6 +619,8 @@ def test_snakemake_script(tmp_path):
         "parallel_overscan": 5,
         "edge_skip": 2,
         "nsigma": 2.1,
+        "flip_2amp": ["GREEN"],
+        "flip_4amp": [],
     }
     snakemake = SimpleNamespace(
         input=SimpleNamespace(l0=str(l0)),
@@ -638,7 +656,7 @@ def test_simulated_night_noise_free_matches_expected_2d(tmp_path, amps, compress
     assert len(night.frames) == 4
     for frame in night.frames:
         out = tmp_path / "2D" / frame.path.name.replace(".fits", "_2D.fits")
-        report = convert_l0(frame.path, out, AmpGeometry(), ADC)
+        report = convert_l0(frame.path, out, KPF_GEOMETRY, ADC)
         expected = expected_2d(night, frame)
         for ccd in ("GREEN", "RED"):
             truth = night.ccds[f"{ccd}_CCD"]
@@ -666,7 +684,7 @@ def test_simulated_night_with_noise_within_read_noise(tmp_path):
     halves = ((slice(None), slice(0, 64)), (slice(None), slice(64, 128)))
     for frame in night.frames:
         out = tmp_path / "2D" / frame.path.name
-        report = convert_l0(frame.path, out, AmpGeometry(), ADC)
+        report = convert_l0(frame.path, out, KPF_GEOMETRY, ADC)
         expected = expected_2d(night, frame)
         for ccd in ("GREEN", "RED"):
             truth = night.ccds[f"{ccd}_CCD"]

@@ -13,11 +13,11 @@ import pytest
 from astropy.io import fits
 
 from kpfmasters import __version__
+from kpfmasters.core.config import load_config
 from kpfmasters.science.flat import normalize_flat
 from kpfmasters.science.master import MasterJob, build_master
 from kpfmasters.sim.simulate import simulate_night
-
-from smk import Night, snakemake
+from tests.smk import Night, snakemake
 
 DATE = "20230606"
 COUNTS = {
@@ -178,7 +178,14 @@ def test_flat_recovers_truth(night, ext):
     truth = night.sim.ccds[ext]
     mask = truth.order_mask
     ideal = (truth.prnu * truth.lamp).astype(np.float64)  # noise-free stack, e-/s
-    expected = normalize_flat(ideal, np.zeros_like(ideal), mask).flat
+    flat_cfg = load_config(overrides={"date": DATE})["masters"]["flat"]
+    expected = normalize_flat(
+        ideal,
+        np.zeros_like(ideal),
+        mask,
+        smooth_sigma=flat_cfg["smooth_sigma"],
+        low_light_limit=flat_cfg["low_light_limit"],
+    ).flat
     with hdul(night, "flat") as h:
         flat, stack, unc = h[ext].data, h[f"{ext}_STACK"].data, h[f"{ext}_UNC"].data
     # The unnormalised stack is the lamp times the pixel response: shot noise of 8 x 30 s
@@ -239,8 +246,11 @@ def subset_job(night, n, out):
     paths = [str(night.work_root / "2D" / DATE / r["FILENAME"]) for r in rows]
     from kpfmasters.core.config import load_config
 
-    settings = load_config(overrides={"date": DATE})["masters"]["bias"]
-    return MasterJob("bias", DATE, str(out), paths, rows, settings)
+    cfg = load_config(overrides={"date": DATE})
+    settings = cfg["masters"]["bias"]
+    return MasterJob(
+        "bias", DATE, str(out), paths, rows, settings, cfg["stack"], cfg["flag_fraction"]
+    )
 
 
 @pytest.mark.parametrize("n, expect_bits", [(6, 7), (14, 0)])
@@ -290,7 +300,6 @@ def rows_of(frames):
 def test_predecessor_without_an_extension_costs_only_that_extension(night, tmp_path):
     """An older bias without CA_HK: the dark is made for GREEN and RED, CA_HK left out and
     the INPUTS table says why."""
-    from kpfmasters.core.config import load_config
     from kpfmasters.io.fits import write_fits
 
     old_bias = tmp_path / "kpf_20230601_master_bias.fits"
@@ -298,7 +307,8 @@ def test_predecessor_without_an_extension_costs_only_that_extension(night, tmp_p
         keep = [x.copy() for x in h if not x.name.startswith("CA_HK")]
         write_fits(fits.HDUList(keep), old_bias)
     darks = night.sim.expected("dark")
-    settings = load_config(overrides={"date": DATE})["masters"]["dark"]
+    cfg = load_config(overrides={"date": DATE})
+    settings = cfg["masters"]["dark"]
     out = tmp_path / "dark.fits"
     job = MasterJob(
         "dark",
@@ -307,6 +317,8 @@ def test_predecessor_without_an_extension_costs_only_that_extension(night, tmp_p
         two_d_paths(night, darks),
         rows_of(darks),
         settings,
+        cfg["stack"],
+        cfg["flag_fraction"],
         predecessors={"bias": str(old_bias)},
     )
     build_master(job)
@@ -322,7 +334,6 @@ def test_predecessor_without_an_extension_costs_only_that_extension(night, tmp_p
 def test_order_mask_with_a_ca_hk_image_is_read_for_green_and_red_only(night, tmp_path):
     """KPF's order masks are copies of a 2D file and may carry a CA_HK image (of another
     shape): it is ignored, the flat is the same."""
-    from kpfmasters.core.config import load_config
     from kpfmasters.io.fits import write_fits
 
     mask = tmp_path / "mask_with_cahk.fits"
@@ -331,7 +342,8 @@ def test_order_mask_with_a_ca_hk_image_is_read_for_green_and_red_only(night, tmp
     hdus.append(fits.ImageHDU(np.full((7, 9), 3, dtype=np.int16), name="CA_HK"))
     write_fits(fits.HDUList(hdus), mask)
     flats = night.sim.expected("flat")
-    settings = load_config(overrides={"date": DATE})["masters"]["flat"]
+    cfg = load_config(overrides={"date": DATE})
+    settings = cfg["masters"]["flat"]
     out = tmp_path / "flat.fits"
     preds = {m: str(night.master(DATE, m)) for m in ("bias", "dark")}
     job = MasterJob(
@@ -341,6 +353,8 @@ def test_order_mask_with_a_ca_hk_image_is_read_for_green_and_red_only(night, tmp
         two_d_paths(night, flats),
         rows_of(flats),
         settings,
+        cfg["stack"],
+        cfg["flag_fraction"],
         predecessors=preds,
         order_mask=str(mask),
     )

@@ -6,8 +6,7 @@ import pytest
 from astropy.io import fits
 
 from kpfmasters.sim.simulate import simulate_night
-
-from smk import Night, dry_run_outputs, snakemake
+from tests.smk import Night, dry_run_outputs, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("nights")]
 COUNTS = {"bias": 2, "dark": 2, "flat": 2, "arclamp": {"autocal-une-sky": 2}}

@@ -14,6 +14,7 @@ import json
 import re
 import warnings
 from html import escape as html_escape
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,19 +23,16 @@ from astropy.utils.exceptions import AstropyUserWarning
 from PIL import Image
 
 from kpfmasters import __version__
+from kpfmasters.core.config import load_config, merge
+from kpfmasters.plan.previous import earlier_masters, previous_master
 from kpfmasters.qa.figures import block_average, display_factor, render_preview
-from kpfmasters.qa.records import (
-    ccd_statistics,
-    check_record,
-    earlier_masters,
-    previous_master,
-    qc_cards,
-)
+from kpfmasters.qa.records import check_record
+from kpfmasters.science.qcstats import ccd_statistics, master_medians, qc_cards
 from kpfmasters.sim.simulate import simulate_night
-
-from smk import Night, dry_run_outputs, snakemake
+from tests.smk import Night, dry_run_outputs, snakemake
 
 PREV, DATE = "20230605", "20230606"
+QA = load_config(overrides={"date": DATE})["qa"]  # the shipped thresholds
 SHIFT = 40.0  # electrons added to the previous night's GREEN_CCD master bias
 SIZE = 64
 COUNTS = {
@@ -163,12 +161,13 @@ def test_shifted_previous_bias_is_flagged(nights):
 
 def test_a_larger_threshold_clears_the_warning(nights):
     record = next(m for m in qa_doc(nights)["masters"] if m["master"] == "bias")
-    qa = {"max_median_change": {"bias": 2 * SHIFT}, "warn_low_count": False}
-    assert not [w for w in check_record(record, qa) if "moved by" in w]
-    qa = {"max_median_change": {"bias": None}}
-    assert not [w for w in check_record(record, qa) if "moved by" in w]
-    qa = {"max_previous_age_days": 0}  # the previous master is 1 day older: not compared
-    assert not [w for w in check_record(record, qa) if "moved by" in w]
+    assert [w for w in check_record(record, QA, 0.01) if "moved by" in w]
+    qa = merge(QA, {"max_median_change": {"bias": 2 * SHIFT}, "warn_low_count": False})
+    assert not [w for w in check_record(record, qa, 0.01) if "moved by" in w]
+    qa = merge(QA, {"max_median_change": {"bias": None}})
+    assert not [w for w in check_record(record, qa, 0.01) if "moved by" in w]
+    qa = merge(QA, {"max_previous_age_days": 0})  # the previous master is 1 day older
+    assert not [w for w in check_record(record, qa, 0.01) if "moved by" in w]
 
 
 # -- the night's QA document ------------------------------------------------------------------
@@ -300,13 +299,45 @@ def test_previous_master_is_the_nearest_earlier_readable_one(tmp_path):
         "20230603",
         "20230601",
     ]
-    path, medians = previous_master(out, "20230605")  # 20230604 unreadable: skipped
-    assert path.name == "kpf_20230603_master_bias.fits" and medians == {"GREEN_CCD": 3.0}
-    assert previous_master(tmp_path / "elsewhere.fits", "20230605") == (None, {})
+
+    def problem(path):
+        try:
+            master_medians(path)
+            return ""
+        except (OSError, ValueError) as exc:
+            return str(exc)
+
+    path = previous_master(out, "20230605", problem=problem)  # 20230604 unreadable: skipped
+    assert path.name == "kpf_20230603_master_bias.fits"
+    assert master_medians(path) == {"GREEN_CCD": 3.0}
+    assert previous_master(tmp_path / "elsewhere.fits", "20230605") is None
+    first = tmp_path / "20230601" / "kpf_20230601_master_bias.fits"
+    assert previous_master(first, "20230601") is None
+    # a master this run makes on a nearer earlier night wins, even before it exists
+    pending = {"20230604": tmp_path / "20230604" / "x.fits", "20230606": tmp_path / "y.fits"}
+    assert previous_master(out, "20230605", pending, problem).name == "x.fits"
+
+
+def test_previous_master_is_a_declared_input(nights):
+    """QCPREV names exactly the file the plan declared as the bias job's input, and a newer
+    previous master rebuilds the master (the same inputs give the same bytes)."""
+    prev = nights.master(PREV, "bias")
+    proc = snakemake(nights, "--dry-run", "--forcerun", "master_bias")
+    block = proc.stdout[proc.stdout.index("rule master_bias:") :]
+    inputs = re.search(r"^\s+input: (.+)$", block, re.M).group(1).split(", ")
+    assert str(prev) in inputs
     assert (
-        previous_master(tmp_path / "20230601" / "kpf_20230601_master_bias.fits", "20230601")[0]
-        is None
+        fits.getheader(nights.master(DATE, "bias"))["QCPREV"]
+        == Path(inputs[inputs.index(str(prev))]).name
     )
+    original = prev.read_bytes()
+    try:
+        with fits.open(prev, mode="update") as hdul:  # another previous master: new bytes
+            hdul[0].header["NFRAMES"] = 6
+        assert f"kpf_{DATE}_master_bias.fits" in dry_run_outputs(nights)
+    finally:
+        prev.write_bytes(original)
+    assert f"kpf_{DATE}_master_bias.fits" not in dry_run_outputs(nights)
 
 
 def test_checks_on_a_record():
@@ -326,13 +357,13 @@ def test_checks_on_a_record():
             }
         },
     }
-    got = check_record(record, None, 0.01)
+    got = check_record(record, QA, 0.01)
     assert len(got) == 3
     assert "moved by +0.1 electrons/sec" in got[0] and "5 day(s) earlier" in got[0]
     assert "30.0% of the stacked samples were rejected" in got[1]
     assert "read noise of AMP2 12.50 e-" in got[2]
-    relaxed = {"max_rejected_fraction": 0.5, "max_read_noise": None}
-    relaxed["max_median_change"] = {"dark": 0.5}
+    relaxed = merge(QA, {"max_rejected_fraction": 0.5, "max_read_noise": None})
+    relaxed["max_median_change"]["dark"] = 0.5
     assert check_record(record, relaxed, 0.01) == []
     record["ccds"]["GREEN_CCD"]["low_count_fraction"] = 0.02
     assert "INFOBITS set" in check_record(record, relaxed, 0.01)[0]
@@ -365,16 +396,10 @@ def test_preview_keeps_fits_orientation(tmp_path):
 
 
 def test_qa_configuration_defaults_and_validation():
-    from kpfmasters.core.config import load_config
     from kpfmasters.core.errors import ConfigError
-    from kpfmasters.qa.records import DEFAULT_QA, qa_settings
 
-    cfg = load_config(overrides={"date": DATE})
-    assert cfg["qa"] == DEFAULT_QA  # config.yaml documents the same defaults as the code
-    assert qa_settings({"max_median_change": {"dark": 1.0}})["max_median_change"] == {
-        **DEFAULT_QA["max_median_change"],
-        "dark": 1.0,
-    }
+    cfg = load_config(overrides={"date": DATE, "qa": {"max_median_change": {"dark": 1.0}}})
+    assert cfg["qa"]["max_median_change"] == {**QA["max_median_change"], "dark": 1.0}
     for bad in ({"max_rejected_fraction": 2}, {"max_median_change": {"bias": -1}}, {"x": 1}):
         with pytest.raises(ConfigError, match="qa"):
             load_config(overrides={"date": DATE, "qa": bad})
@@ -389,14 +414,16 @@ def test_qa_never_fails_on_odd_records(tmp_path, caplog):
     broken = tmp_path / DATE / f"kpf_{DATE}_master_bias.fits"
     broken.parent.mkdir()
     broken.write_bytes(b"SIMPLE  =  not really")
-    record = assessed_record(broken, None, 0.01)
+    record = assessed_record(broken, QA, 0.01)
     assert record["error"] and record["warnings"][0].startswith(f"QA of {broken.name} failed")
     assert "QA of" in caplog.text
     assert f"Provenance of {broken.name}" in master_page(record)
     doc = {"date": DATE, "masters": [record], "warnings": record["warnings"]}
     assert "1 QA warning(s)" in night_page(doc)
     with pytest.raises(OSError):
-        master_previews(broken, tmp_path / "out")  # the script logs this and goes on
+        master_previews(
+            broken, tmp_path / "out", QA["preview_max_pixels"], 10
+        )  # the script logs this and goes on
     odd = {
         "master": "bias",
         "file": "x.fits",

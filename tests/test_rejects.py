@@ -11,11 +11,10 @@ import subprocess
 import numpy as np
 import pytest
 from astropy.io import fits
-from badinputs import derive, float_amps_with
 
 from kpfmasters.sim.simulate import simulate_night
-
-from smk import REPO, Night, daily_cmd, snakemake
+from tests.badinputs import derive, float_amps_with
+from tests.smk import REPO, Night, daily_cmd, snakemake
 
 DATE = "20230606"
 COUNTS = {"bias": 2, "dark": 2, "flat": 3, "arclamp": {"autocal-une-sky": 2}}

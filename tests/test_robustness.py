@@ -25,7 +25,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
-from badinputs import (
+
+from kpfmasters.core.config import load_config
+from kpfmasters.core.errors import InputError, NoPredecessorError
+from kpfmasters.core.naming import master_name
+from kpfmasters.io.fits import write_fits
+from kpfmasters.plan import plans as workflow_support
+from kpfmasters.plan.plans import Plans
+from kpfmasters.sim.simulate import simulate_night
+from tests.badinputs import (
     derive,
     duplicate,
     empty_file,
@@ -35,17 +43,8 @@ from badinputs import (
     replace_in_header,
     truncate,
 )
-from verifyfits import assert_verified, needs_fitsverify
-
-from kpfmasters.core.config import load_config
-from kpfmasters.core.errors import InputError, NoPredecessorError
-from kpfmasters.core.naming import master_name
-from kpfmasters.io.fits import write_fits
-from kpfmasters.plan import plans as workflow_support
-from kpfmasters.plan.plans import Plans
-from kpfmasters.sim.simulate import simulate_night
-
-from smk import Night, snakemake
+from tests.smk import Night, snakemake
+from tests.verifyfits import assert_verified, needs_fitsverify
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("robustness")]
 

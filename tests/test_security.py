@@ -25,7 +25,7 @@ SHELL_FUNCTIONS = {
 # The only command string in the code, with why it is safe: the throw-away PostgreSQL test
 # server runs its own binaries as the postgres user through `su -c`, the command quoted by
 # shlex.join from the binary's path and a temporary directory (never data).
-ALLOWED_COMMAND_STRINGS = {("kpfmasters/db/throwaway.py", "shlex.join")}
+ALLOWED_COMMAND_STRINGS = {("kpfmasters/workflow/throwaway_pg.py", "shlex.join")}
 
 
 def python_files() -> list[Path]:

@@ -489,7 +489,7 @@ def test_kpf_keywords_elapsed_shutters_and_comb(night):
 def test_saturated_pixel_reads_65535_dn(tmp_path):
     """The ADC saturates at 65535 DN = 65535 * 65536 raw (beyond int32), read back from the
     file and through the L0 -> 2D step."""
-    from kpfmasters.science.l0to2d import AmpGeometry, convert_l0
+    from kpfmasters.science.l0to2d import convert_l0
     from kpfmasters.sim.simulate import amp_raw, frame_hdul, render_frame
 
     sim = simulate_night(tmp_path / "sim", DATE, seed=6, size=64, noise=False, counts=TINY)
@@ -505,7 +505,7 @@ def test_saturated_pixel_reads_65535_dn(tmp_path):
         stored = hdul["RED_AMP1"].data
         assert stored.max() == 65535 * 65536 and stored.max() / 65536 == 65535
     out = tmp_path / "2D.fits"
-    report = convert_l0(path, out, AmpGeometry(), 65536)
+    report = convert_l0(path, out, kpf_geometry(), 65536)
     image = fits.getdata(out, "RED_CCD")
     level = report["overscan"]["RED"][0]
     assert image[:, :32].max() == np.float32(65535 * truth.gain[0] - level)
@@ -531,11 +531,11 @@ def test_trace_lands_where_kpf_orientation_puts_it(quiet, tmp_path):
     """In 2-amplifier mode KPF's GREEN amplifiers read from the other edge: a trace at 2D
     row y (truth and order mask) is stored at amplifier row N - 1 - y, and the L0 -> 2D step
     puts it back at y; RED is stored as it lies."""
-    from kpfmasters.science.l0to2d import AmpGeometry, convert_l0
+    from kpfmasters.science.l0to2d import convert_l0
 
     flat = quiet.expected("flat")[0]
     out = tmp_path / "flat_2D.fits"
-    convert_l0(flat.path, out, AmpGeometry(), quiet.geometry.adc_scale)
+    convert_l0(flat.path, out, kpf_geometry(), quiet.geometry.adc_scale)
     n = quiet.geometry.size
     column = 10  # a column of AMP1
     with fits.open(flat.path) as l0, fits.open(out) as two_d:
@@ -547,3 +547,11 @@ def test_trace_lands_where_kpf_orientation_puts_it(quiet, tmp_path):
             expected_row = n - 1 - y if ccd == "GREEN_CCD" else y
             assert int(np.argmax(stored)) == expected_row, ccd
             assert int(np.argmax(two_d[ccd].data[:, column])) == y, ccd
+
+
+def kpf_geometry():
+    """The amplifier geometry of config.yaml (KPF's)."""
+    from kpfmasters.core.config import load_config
+    from kpfmasters.science.l0to2d import AmpGeometry
+
+    return AmpGeometry.from_config(load_config(overrides={"date": DATE}))

@@ -23,8 +23,7 @@ import pytest
 from astropy.io import fits
 
 from kpfmasters.workflow.pipeline import snakemake_argv
-
-from slurm_cluster import SlurmCluster, unavailable_reason
+from tests.slurm_cluster import SlurmCluster, unavailable_reason
 
 REPO = Path(__file__).resolve().parents[1]
 DATES = ["20230601", "20230602"]

@@ -16,11 +16,13 @@ from kpfmasters.core.errors import InputError
 from kpfmasters.science.stack import (
     band_height,
     clip_correction,
-    reference_stack,
     stack_cube,
     stack_files,
 )
 from kpfmasters.science.stack_kernel import batcher_network, networks, prune_network
+from tests.reference import reference_stack
+
+BAND_MB = 64  # band buffer budget of these small stacks (MiB)
 
 
 def bits(arr: np.ndarray) -> bytes:
@@ -241,6 +243,7 @@ def test_stack_files_equals_stack_cube_for_any_band_and_threads(tmp_path, small_
                     paths,
                     "GREEN_CCD",
                     2.3,
+                    memory_mb=BAND_MB,
                     band_rows=band_rows,
                     threads=threads,
                     mmap_ok=mmap_ok,
@@ -252,13 +255,15 @@ def test_stack_files_reads_scaled_integers(tmp_path):
     rng = np.random.default_rng(12)
     cube = rng.integers(0, 200, (6, 11, 13)).astype(np.float64)
     paths = write_frames(tmp_path, cube, kind="int16")
-    assert_same_bits(stack_files(paths, "GREEN_CCD", 2.1, band_rows=4), stack_cube(cube, 2.1))
+    assert_same_bits(
+        stack_files(paths, "GREEN_CCD", 2.1, memory_mb=BAND_MB, band_rows=4), stack_cube(cube, 2.1)
+    )
 
 
 def test_stack_files_mixed_plain_and_compressed(tmp_path, small_cube):
     plain = write_frames(tmp_path, small_cube[:5], prefix="p")
     packed = write_frames(tmp_path, small_cube[5:], kind="compressed", prefix="c")
-    got = stack_files(plain + packed, "GREEN_CCD", 2.2, band_rows=5)
+    got = stack_files(plain + packed, "GREEN_CCD", 2.2, memory_mb=BAND_MB, band_rows=5)
     assert_same_bits(got, stack_cube(small_cube, 2.2))
 
 
@@ -284,11 +289,19 @@ def test_preprocess_is_applied_per_frame_and_band(tmp_path, small_cube):
         for band_rows in (1, 10, 0):
             for threads in (1, 2, 3):  # the frames of a band are gathered by that many threads
                 got = stack_files(
-                    paths, "GREEN_CCD", 2.2, preprocess=pre, band_rows=band_rows, threads=threads
+                    paths,
+                    "GREEN_CCD",
+                    2.2,
+                    memory_mb=BAND_MB,
+                    preprocess=pre,
+                    band_rows=band_rows,
+                    threads=threads,
                 )
                 assert_same_bits(got, expected)
     seen.clear()
-    stack_files(paths, "GREEN_CCD", 2.2, preprocess=in_place, band_rows=10, threads=3)
+    stack_files(
+        paths, "GREEN_CCD", 2.2, memory_mb=BAND_MB, preprocess=in_place, band_rows=10, threads=3
+    )
     rows = small_cube.shape[1]
     assert sorted(seen) == [(i, r) for i in range(len(paths)) for r in range(0, rows, 10)]
 
@@ -296,7 +309,7 @@ def test_preprocess_is_applied_per_frame_and_band(tmp_path, small_cube):
         return band[:, :3]
 
     with pytest.raises(ValueError, match="preprocess returned shape"):
-        stack_files(paths, "GREEN_CCD", 2.2, preprocess=wrong_shape)
+        stack_files(paths, "GREEN_CCD", 2.2, memory_mb=BAND_MB, preprocess=wrong_shape)
 
 
 def test_memory_does_not_grow_with_the_number_of_frames(tmp_path):
@@ -331,7 +344,7 @@ def good_paths(tmp_path, small_cube):
 
 def test_missing_extension(good_paths):
     with pytest.raises(InputError) as err:
-        stack_files(good_paths, "RED_CCD", 2.1)
+        stack_files(good_paths, "RED_CCD", 2.1, memory_mb=BAND_MB)
     assert str(good_paths[0]) in str(err.value) and "RED_CCD" in str(err.value)
     assert "GREEN_CCD" in str(err.value)  # what the file has
 
@@ -342,7 +355,7 @@ def test_shape_differs_from_first_file(tmp_path, good_paths):
         [fits.PrimaryHDU(), fits.ImageHDU(np.zeros((36, 45), np.float32), name="GREEN_CCD")]
     ).writeto(odd)
     with pytest.raises(InputError) as err:
-        stack_files([*good_paths, odd], "GREEN_CCD", 2.1)
+        stack_files([*good_paths, odd], "GREEN_CCD", 2.1, memory_mb=BAND_MB)
     message = str(err.value)
     assert message.startswith(str(odd)) and "GREEN_CCD" in message
     assert "(36, 45)" in message and "(37, 45)" in message
@@ -355,7 +368,7 @@ def test_non_image_extension(tmp_path, good_paths):
         [fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols, name="GREEN_CCD")]
     ).writeto(table)
     with pytest.raises(InputError) as err:
-        stack_files([good_paths[0], table], "GREEN_CCD", 2.1)
+        stack_files([good_paths[0], table], "GREEN_CCD", 2.1, memory_mb=BAND_MB)
     assert str(table) in str(err.value) and "BinTableHDU" in str(err.value)
     assert "expected a 2-D image" in str(err.value)
 
@@ -367,7 +380,7 @@ def test_truncated_data(tmp_path, good_paths):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyUserWarning)
         with pytest.raises(InputError) as err:
-            stack_files([good_paths[0], cut], "GREEN_CCD", 2.1)
+            stack_files([good_paths[0], cut], "GREEN_CCD", 2.1, memory_mb=BAND_MB)
     assert str(cut) in str(err.value) and "GREEN_CCD" in str(err.value)
     assert "truncated" in str(err.value)
 
@@ -377,13 +390,13 @@ def test_unreadable_file(tmp_path, good_paths, content):
     bad = tmp_path / "bad.fits"
     bad.write_bytes(content)
     with pytest.raises(InputError) as err:
-        stack_files([good_paths[0], bad], "GREEN_CCD", 2.1)
+        stack_files([good_paths[0], bad], "GREEN_CCD", 2.1, memory_mb=BAND_MB)
     assert str(err.value).startswith(str(bad))
 
 
 def test_missing_file(tmp_path, good_paths):
     with pytest.raises(InputError, match="cannot be opened"):
-        stack_files([*good_paths, tmp_path / "nope.fits"], "GREEN_CCD", 2.1)
+        stack_files([*good_paths, tmp_path / "nope.fits"], "GREEN_CCD", 2.1, memory_mb=BAND_MB)
 
 
 # --------------------------------------------------------------------------------------------

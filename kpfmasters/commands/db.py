@@ -12,8 +12,9 @@ import contextlib
 import os
 
 from kpfmasters.core.errors import ConfigError, KPFMastersError
+from kpfmasters.core.products import MASTER_TYPES
 from kpfmasters.db import connect, describe, resolve_settings
-from kpfmasters.db.masterfile import CONTENT_BITS, IMTYPES, LEVEL_2D, parse_night
+from kpfmasters.db.masterfile import CONTENT_BITS, LEVEL_2D, parse_night
 from kpfmasters.db.nearest import DEFAULT_MIN_NFRAMES, DEFAULT_REQUIRED_BITS, find_nearest
 from kpfmasters.db.register import register_night_report
 from kpfmasters.db.report import format_row
@@ -88,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     near = sub.add_parser("nearest", help="the nearest usable master to a night")
     near.add_argument("--date", required=True, type=_night, help="night YYYYMMDD")
-    near.add_argument("--caltype", required=True, choices=sorted(IMTYPES))
+    near.add_argument("--caltype", required=True, choices=sorted(MASTER_TYPES))
     near.add_argument("--object", help="OBJECT value (exact, case-insensitive)")
     near.add_argument("--max-age", type=int, help="maximum age in days (default: none)")
     near.add_argument(
@@ -103,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     lst = sub.add_parser("list", help="print registered rows")
     lst.add_argument("--date", type=_night, help="only this night")
-    lst.add_argument("--caltype", choices=sorted(IMTYPES), help="only this caltype")
+    lst.add_argument("--caltype", choices=sorted(MASTER_TYPES), help="only this caltype")
     _connection_options(lst)
 
 

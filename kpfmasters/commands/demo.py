@@ -31,7 +31,7 @@ def register_in_throwaway(base: Path, masters_root: Path, date: str) -> None:
     """Register the night in a PostgreSQL started for the occasion, print the rows."""
     from kpfmasters.db import init_schema, register_night
     from kpfmasters.db.report import format_row
-    from kpfmasters.db.throwaway import PgServer, unavailable_reason
+    from kpfmasters.workflow.throwaway_pg import PgServer, unavailable_reason
 
     reason = unavailable_reason()
     if reason:

@@ -18,6 +18,7 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
 from kpfmasters import __version__
+from kpfmasters.core.config import load_config
 from kpfmasters.core.errors import InputError
 from kpfmasters.io.fits import write_fits
 from kpfmasters.science.stack import clip_correction, stack_files
@@ -67,19 +68,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="kernel threads (default: all)",
     )
+    stack = load_config()["stack"]  # the defaults of config.yaml
     parser.add_argument(
         "--band-rows",
         type=_int_at_least(0),
-        default=0,
+        default=stack["band_rows"],
         metavar="R",
         help="rows per band (default 0: derived from --memory-mb)",
     )
     parser.add_argument(
         "--memory-mb",
         type=_int_at_least(1),
-        default=384,
+        default=stack["memory_mb"],
         metavar="M",
-        help="band buffer budget in MiB (default 384); the outputs add 16 bytes a pixel",
+        help=f"band buffer budget in MiB (default {stack['memory_mb']}, from config.yaml); "
+        "the outputs add 16 bytes a pixel",
     )
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output FITS file")
 

@@ -20,6 +20,8 @@ import yaml
 
 from kpfmasters.core.errors import ConfigError
 
+# The product is the checkout: the workflow (Snakefile, rules/, scripts/), config.yaml and its
+# schema live beside the package, not inside it (see checkout_root).
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG_PATH = REPO_ROOT / "config.yaml"
@@ -104,6 +106,22 @@ def parse_dates(date: Any = "", dates: Any = "") -> list[str]:
     return sorted(set(items))
 
 
+def checkout_root() -> Path:
+    """The kpf-masters checkout this package runs from (Snakefile, rules/, config.yaml).
+
+    Raises :class:`ConfigError` in one line when the package was installed on its own (a
+    wheel): the workflow and the configuration are part of the checkout, not of the package.
+    """
+    missing = [n for n in ("Snakefile", "config.yaml") if not (REPO_ROOT / n).is_file()]
+    if missing:
+        raise ConfigError(
+            f"kpfmasters runs from its git checkout, but {REPO_ROOT} has no "
+            f"{' or '.join(missing)} (the package was installed without its checkout): "
+            "clone the repository and run `make venv` in it"
+        )
+    return REPO_ROOT
+
+
 def normalize_config(config: dict, environ: dict | None = None) -> dict:
     """Return a copy of a *validated* config with paths expanded and ``nights`` added."""
     cfg = copy.deepcopy(config)
@@ -148,9 +166,10 @@ def load_config(
     changes (e.g. ``config/kpf_production.yaml``) works the same on the command line and in
     the workflow; ``overrides`` go on top.
     """
-    path = Path(path) if path else DEFAULT_CONFIG_PATH
-    raw = read_yaml(DEFAULT_CONFIG_PATH)
-    if path.resolve() != DEFAULT_CONFIG_PATH.resolve():
+    default = checkout_root() / "config.yaml"
+    path = Path(path) if path else default
+    raw = read_yaml(default)
+    if path.resolve() != default.resolve():
         raw = merge(raw, read_yaml(path))
     if overrides:
         raw = merge(raw, overrides)

@@ -7,8 +7,9 @@ import re
 import unicodedata
 from pathlib import Path
 
+from kpfmasters.core.products import MASTER_TYPES, product
+
 L0_NAME_RE = re.compile(r"^KP\.(?P<date>\d{8})\.(?P<seconds>\d{5}\.\d{2})\.fits$")
-MASTER_TYPES = ("bias", "dark", "flat", "arclamp")
 _SAFE_TAG_RE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
@@ -57,12 +58,10 @@ def object_tag(obj: str) -> str:
 
 def master_name(date: str, mtype: str, obj: str | None = None) -> str:
     """``kpf_<date>_master_<type>.fits``; arclamps take the OBJECT tag (:func:`object_tag`)."""
-    if mtype not in MASTER_TYPES:
-        raise ValueError(f"unknown master type {mtype!r}; expected one of {MASTER_TYPES}")
-    if mtype == "arclamp":
+    if product(mtype).per_object:
         if obj is None:
             raise ValueError("an arclamp master needs its OBJECT value")
-        return f"kpf_{date}_master_arclamp_{object_tag(obj)}.fits"
+        return f"kpf_{date}_master_{mtype}_{object_tag(obj)}.fits"
     return f"kpf_{date}_master_{mtype}.fits"
 
 
@@ -71,5 +70,16 @@ def master_path(masters_root: str | Path, date: str, mtype: str, obj: str | None
 
 
 MASTER_NAME_RE = re.compile(
-    r"^kpf_(?P<date>\d{8})_master_(?P<type>bias|dark|flat|arclamp)(?:_(?P<tag>.+))?\.fits$"
+    rf"^kpf_(?P<date>\d{{8}})_master_(?P<type>{'|'.join(MASTER_TYPES)})(?:_(?P<tag>.+))?\.fits$"
 )
+
+
+def master_kind(path: str | Path) -> str | None:
+    """``bias``, ``dark``, ``flat`` or ``arclamp_<tag>`` from a master's file name.
+
+    None when the name is not ``kpf_<date>_master_<kind>.fits``.
+    """
+    match = MASTER_NAME_RE.match(Path(path).name)
+    if not match:
+        return None
+    return match.group("type") + (f"_{match.group('tag')}" if match.group("tag") else "")

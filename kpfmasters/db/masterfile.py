@@ -19,13 +19,14 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
 from kpfmasters.core.errors import InputError
+from kpfmasters.core.instrument import CCD_BIT
 from kpfmasters.core.naming import MASTER_NAME_RE, object_tag
+from kpfmasters.core.products import product
 from kpfmasters.db.errors import NightError
 
 log = logging.getLogger(__name__)
 
-CONTENT_BITS = {"GREEN_CCD": 1, "RED_CCD": 2, "CA_HK": 4}
-IMTYPES = {"bias": "Bias", "dark": "Dark", "flat": "Flat", "arclamp": "Arclamp"}
+CONTENT_BITS = {ext: 1 << bit for ext, bit in CCD_BIT.items()}
 LEVEL_2D = 0
 _PRODUCT_SUFFIXES = ("_L1", "_L2")
 _CHUNK = 1 << 20
@@ -136,10 +137,11 @@ def read_master(path: str | Path) -> MasterInfo:
     headers = _open_headers(path)
     primary = headers[0]
     imtype = str(primary.get("IMTYPE", ""))
-    if imtype.lower() != IMTYPES[caltype].lower():
-        raise InputError(path, f"PRIMARY IMTYPE = {imtype!r}, expected {IMTYPES[caltype]!r}")
+    expected = product(caltype).imtype
+    if imtype.lower() != expected.lower():
+        raise InputError(path, f"PRIMARY IMTYPE = {imtype!r}, expected {expected!r}")
     raw_object = _keyword(path, primary, "OBJECT", str)
-    if caltype == "arclamp" and object_tag(raw_object) != match.group("tag"):
+    if product(caltype).per_object and object_tag(raw_object) != match.group("tag"):
         raise InputError(
             path,
             f"PRIMARY OBJECT = {raw_object!r} belongs in a file named "

@@ -15,9 +15,11 @@ from kpfmasters import __version__
 from kpfmasters.core.config import config_hash
 from kpfmasters.core.errors import InputError, KPFMastersError, NoPredecessorError
 from kpfmasters.core.naming import master_name, two_d_name
+from kpfmasters.core.products import product
 from kpfmasters.io.fits import atomic_output, check_complete, verify_checksums
 from kpfmasters.plan.night import scan_night
 from kpfmasters.plan.predecessors import Candidate, masters_on_disk, nearest
+from kpfmasters.plan.previous import previous_master
 from kpfmasters.plan.rejects import apply_rejections, night_rejections, rejects_dir
 from kpfmasters.plan.selection import NightPlan, Selection, plan_night, selection_keywords
 
@@ -29,9 +31,6 @@ def canonical(value):
     another key order (another configuration file) must not look like a change.
     """
     return json.loads(json.dumps(value, sort_keys=True))
-
-
-PREDECESSORS = {"dark": ("bias",), "flat": ("bias", "dark"), "arclamp": ("bias", "dark", "flat")}
 
 
 class Plans:
@@ -132,6 +131,22 @@ class Plans:
                     candidates[night] = Candidate(night, path, pending=True)
         found = nearest(date, mtype, list(candidates.values()), max_age, self._disk_problem)
         return str(found.path)
+
+    def previous_master(self, date: str, mtype: str, tag: str | None = None) -> list[str]:
+        """The master a new master's QC compares with (:mod:`kpfmasters.plan.previous`):
+        ``[path]`` of the nearest earlier night's master of the same kind, on disk and
+        readable or made by this run, else ``[]``. Declared as the job's input."""
+        output = self.master_path(date, mtype, tag)
+        pending = {}
+        for night in self.cfg["nights"]:
+            if night < date:
+                sel = self.plan(night).get(mtype, tag if mtype == "arclamp" else None)
+                if sel is not None and sel.buildable and not self.blocked(mtype):
+                    pending[night] = Path(self.master_path(night, mtype, tag))
+        found = previous_master(
+            output, date, pending, lambda p: self._disk_problem(Candidate(p.parent.name, p))
+        )
+        return [str(found)] if found else []
 
     def _disk_problem(self, cand: Candidate) -> str:
         """Why a master on disk cannot be a predecessor ('' if it can); logged once.
@@ -238,7 +253,7 @@ class Plans:
                     )
                 continue
             try:
-                for needed in PREDECESSORS.get(sel.mtype, ()):
+                for needed in product(sel.mtype).predecessors:
                     self.predecessor(date, needed)
             except NoPredecessorError as exc:
                 if report and self.log:
@@ -257,9 +272,6 @@ class Plans:
                 if self.cfg["database"]["enabled"]:
                     out.append(f"{self.cfg['work_root']}/registered/{date}.json")
         return out
-
-    def masters_of_night(self, date: str) -> list[str]:
-        return self.night_targets(date)
 
     # -- resources -------------------------------------------------------------------------
     def _pixels(self, frames) -> tuple[int, int]:
@@ -285,8 +297,9 @@ class Plans:
         2.03, 1.78 GiB."""
         sel = self.selection(date, mtype, tag)
         npix, next_ = self._pixels(sel.used)
-        per_ext = 16 + 8 * len(PREDECESSORS.get(mtype, ())) + (16 if mtype == "flat" else 0)
-        band = self.cfg["stack"]["memory_mb"] or 384
+        kind = product(mtype)
+        per_ext = 16 + 8 * len(kind.predecessors) + 8 * len(kind.extra_images)
+        band = self.cfg["stack"]["memory_mb"]
         # each gathering thread widens float32 rows in a scratch band: half a frame's share
         scratch = band * self.cfg["stack"]["threads"] / (2 * max(len(sel.used), 1))
         fixed = 300 + band + min(scratch, band)

@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from kpfmasters.core.naming import object_tag, two_d_name
+from kpfmasters.core.products import MASTERS
 from kpfmasters.plan.night import Frame, is_number
 
 MJD_EPOCH = dt.date(1858, 11, 17)
@@ -31,9 +32,6 @@ OPS = {
     ">": operator.gt,
     ">=": operator.ge,
 }
-MASTER_ORDER = ("bias", "dark", "flat", "arclamp")
-# Masters whose frames are divided by EXPTIME (SPEC section 3).
-NORMALISED = ("dark", "flat", "arclamp")
 
 
 def describe_rules(rules: list[dict]) -> str:
@@ -195,7 +193,7 @@ def _usability(frames: list[Frame], mtype: str, date: str | None = None) -> dict
             reason = outside_night(frame, date)
         if not reason:
             reason = exposure_problem(frame)
-        if not reason and mtype in NORMALISED:
+        if not reason and MASTERS[mtype].per_second:
             exptime = frame.number("EXPTIME")
             if exptime is None or exptime <= 0:
                 reason = f"EXPTIME {frame.header.get('EXPTIME')!r} cannot normalise (need > 0)"
@@ -271,6 +269,7 @@ class NightPlan:
         return self.selections.get(mtype if tag is None else f"arclamp_{tag}")
 
     def arclamps(self) -> list[Selection]:
+        """The arclamp selections, one per OBJECT value."""
         return [s for k, s in self.selections.items() if k.startswith("arclamp_")]
 
     def unselectable(self) -> list[tuple[str, str]]:
@@ -315,8 +314,9 @@ def plan_night(
     masters = cfg["masters"]
     min_frames = cfg["min_frames"]
     selections: dict[str, Selection] = {}
-    for mtype in ("bias", "dark", "flat"):
-        selections[mtype] = select(frames, date, mtype, masters[mtype]["select"], min_frames)
+    for mtype, kind in MASTERS.items():
+        if not kind.per_object:
+            selections[mtype] = select(frames, date, mtype, masters[mtype]["select"], min_frames)
     arc = masters["arclamp"]
     key = arc["group_by"]
     base = select(frames, date, "arclamp", arc["select"], min_frames)

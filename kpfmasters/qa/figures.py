@@ -27,8 +27,10 @@ from astropy.io import fits  # noqa: E402
 from astropy.visualization import ZScaleInterval  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from kpfmasters.core.instrument import CCD_EXTS  # noqa: E402
+from kpfmasters.core.naming import master_kind  # noqa: E402
 from kpfmasters.io.fits import atomic_output  # noqa: E402
-from kpfmasters.qa.records import QC_EXTS, master_kind, master_type  # noqa: E402
+from kpfmasters.qa.records import master_type  # noqa: E402
 
 DPI = 100
 log = logging.getLogger(__name__)
@@ -96,7 +98,7 @@ def render_preview(
     out: str | Path,
     title: str,
     unit: str,
-    max_pixels: int = 512,
+    max_pixels: int,
     mask: np.ndarray | None = None,
 ) -> dict:
     """The z-scaled image of one CCD (and the mask outline) as a PNG; returns what was shown."""
@@ -202,8 +204,8 @@ def render_histograms(
 def master_previews(
     path: str | Path,
     outdir: str | Path,
-    max_pixels: int = 512,
-    flag_min_count: int = 10,
+    max_pixels: int,
+    flag_min_count: int,
     order_mask: str | Path | None = None,
 ) -> dict[str, dict[str, str]]:
     """Write ``<CCD>-preview.png`` and ``<CCD>-histograms.png`` for each CCD of a master.
@@ -216,7 +218,7 @@ def master_previews(
     kind = master_kind(path) or path.stem
     made: dict[str, dict[str, str]] = {}
     with fits.open(path, memmap=True) as hdul:
-        for ext in QC_EXTS:
+        for ext in CCD_EXTS:
             if ext not in hdul:
                 continue
             try:

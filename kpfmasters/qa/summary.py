@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from kpfmasters.core.instrument import CCD_EXTS
 from kpfmasters.core.naming import MASTER_NAME_RE
+from kpfmasters.core.products import MASTER_TYPES, product
 
 
 def master_row(path: str | Path) -> dict:
@@ -15,13 +17,13 @@ def master_row(path: str | Path) -> dict:
     path = Path(path)
     with fits.open(path, memmap=True) as hdul:
         prim = hdul[0].header
-        ext = next(e for e in ("GREEN_CCD", "RED_CCD", "CA_HK") if e in hdul)
+        ext = next(e for e in CCD_EXTS if e in hdul)
         median = float(np.nanmedian(hdul[ext].data))
         bunit = hdul[ext].header.get("BUNIT", "")
     match = MASTER_NAME_RE.match(path.name)
     kind = match.group("type") if match else prim.get("IMTYPE", "?").lower()
-    if kind == "arclamp":
-        kind = f"arclamp {prim.get('OBJECT', '')}"
+    if kind in MASTER_TYPES and product(kind).per_object:
+        kind = f"{kind} {prim.get('OBJECT', '')}"
     return {
         "master": kind,
         "nframes": prim.get("NFRAMES"),
@@ -35,7 +37,7 @@ def master_row(path: str | Path) -> dict:
 
 def night_masters(masters_root: str | Path, date: str) -> list[Path]:
     night = Path(masters_root) / date
-    order = {"bias": 0, "dark": 1, "flat": 2, "arclamp": 3}
+    order = {name: i for i, name in enumerate(MASTER_TYPES)}
     found = [p for p in night.glob(f"kpf_{date}_master_*.fits") if MASTER_NAME_RE.match(p.name)]
     return sorted(found, key=lambda p: (order[MASTER_NAME_RE.match(p.name).group("type")], p.name))
 

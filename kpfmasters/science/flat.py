@@ -47,7 +47,7 @@ class FlatResult:
     problems: list[str] = field(default_factory=list)
 
 
-def smooth_lamp(stack: np.ndarray, sigma: float = 2.0) -> np.ndarray:
+def smooth_lamp(stack: np.ndarray, sigma: float) -> np.ndarray:
     """L: ``stack`` (rows, cols) with non-finite pixels set to 0, Gaussian-blurred (float64).
 
     ``gaussian_filter`` with mode ``reflect`` and truncate 4.0 (scipy's defaults).
@@ -116,8 +116,8 @@ def normalize_flat(
     unc: np.ndarray,
     mask: np.ndarray | None,
     *,
-    smooth_sigma: float = 2.0,
-    low_light_limit: float = 50.0,
+    smooth_sigma: float,
+    low_light_limit: float,
 ) -> FlatResult:
     """Normalise a stacked flat (SPEC section 5); see the module docstring for the rules.
 

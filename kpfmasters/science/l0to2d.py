@@ -67,13 +67,13 @@ class AmpGeometry:
     ``RED``) whose tiled image is flipped up-down in 2- and 4-amplifier mode.
     """
 
-    prescan: int = 4
-    serial_overscan: int = 50
-    parallel_overscan: int = 30
-    edge_skip: int = 5
-    nsigma: float = 2.1
-    flip_2amp: tuple[str, ...] = ("GREEN",)
-    flip_4amp: tuple[str, ...] = ()
+    prescan: int
+    serial_overscan: int
+    parallel_overscan: int
+    edge_skip: int
+    nsigma: float
+    flip_2amp: tuple[str, ...]
+    flip_4amp: tuple[str, ...]
 
     def __post_init__(self):
         for name in ("flip_2amp", "flip_4amp"):

@@ -21,29 +21,18 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 from kpfmasters import __version__
 from kpfmasters.core.errors import InputError
+from kpfmasters.core.instrument import CCD_BIT, CCD_EXTS
+from kpfmasters.core.products import MASTERS, product
 from kpfmasters.io.fits import write_fits
-from kpfmasters.qa.records import ccd_statistics, previous_master, qc_cards, read_frame_headers
 from kpfmasters.science.flat import load_order_mask, normalize_flat
-from kpfmasters.science.stack import stack_files
+from kpfmasters.science.qcstats import ccd_statistics, master_medians, qc_cards, read_frame_headers
+from kpfmasters.science.stack import StackResult, stack_files
+
+MASKED = ("GREEN_CCD", "RED_CCD")  # the CCDs an order mask describes (never CA_HK)
+MJD_UNIX = 40587.0  # MJD of 1970-01-01T00:00:00 UTC
 
 log = logging.getLogger(__name__)
 
-IMTYPES = {"bias": "Bias", "dark": "Dark", "flat": "Flat", "arclamp": "Arclamp"}
-CCD_EXTS = ("GREEN_CCD", "RED_CCD", "CA_HK")
-INFOBIT = {"GREEN_CCD": 0, "RED_CCD": 1, "CA_HK": 2}
-BUNITS = {
-    "bias": ("electrons", "DN"),
-    "dark": ("electrons/sec", "DN/sec"),
-    "flat": ("dimensionless", "dimensionless"),
-    "arclamp": ("electrons/sec", "DN/sec"),
-}
-PREDECESSORS = {
-    "bias": (),
-    "dark": ("bias",),
-    "flat": ("bias", "dark"),
-    "arclamp": ("bias", "dark", "flat"),
-}
-NORMALISED = ("dark", "flat", "arclamp")
 STRUCTURAL = (
     "SIMPLE",
     "BITPIX",
@@ -58,9 +47,6 @@ STRUCTURAL = (
     "PCOUNT",
     "GCOUNT",
 )
-INPUT_KEYS = {"bias": "INPBIAS", "dark": "INPDARK", "flat": "INPFLAT"}
-MASKED = ("GREEN_CCD", "RED_CCD")  # the CCDs an order mask describes (never CA_HK)
-MJD_UNIX = 40587.0  # MJD of 1970-01-01T00:00:00 UTC
 
 
 @dataclass
@@ -79,12 +65,13 @@ class MasterJob:
     frames: list[str]
     rows: list[dict]
     settings: dict
+    stack: dict
+    flag_fraction: float
     obj: str | None = None
     predecessors: dict[str, str] = field(default_factory=dict)
     order_mask: str | None = None
-    stack: dict = field(default_factory=lambda: {"memory_mb": 384, "band_rows": 0})
+    previous: str | None = None
     threads: int = 1
-    flag_fraction: float = 0.01
     cfghash: str = ""
 
 
@@ -177,7 +164,7 @@ def fits_order(array: np.ndarray, dtype) -> np.ndarray:
 def infobits_for(cnt: np.ndarray, min_count: int, fraction: float, ext: str) -> int:
     """The ext's INFOBITS bit when more than ``fraction`` of pixels have CNT < min_count."""
     low = np.count_nonzero(cnt < min_count) / cnt.size
-    return (1 << INFOBIT[ext]) if low > fraction else 0
+    return (1 << CCD_BIT[ext]) if low > fraction else 0
 
 
 def primary_header(
@@ -187,7 +174,7 @@ def primary_header(
     for key in STRUCTURAL:
         header.remove(key, ignore_missing=True, remove_all=True)
     mjds = [r["MJD_OBS"] for r in used_rows]
-    header["IMTYPE"] = IMTYPES[job.mtype]
+    header["IMTYPE"] = product(job.mtype).imtype
     if job.obj is not None:
         header["OBJECT"] = job.obj
     header["NFRAMES"] = (nframes, "number of frames stacked")
@@ -196,9 +183,8 @@ def primary_header(
     add_mid_time(header, min(mjds), max(mjds))
     header["INFOBITS"] = (infobits, "bit 0/1/2 GREEN/RED/CA_HK: >1% pixels low CNT")
     header["NSIGMA"] = (float(job.settings["nsigma"]), "clip k of the stack")
-    for mtype, key in INPUT_KEYS.items():
-        if mtype in job.predecessors:
-            header[key] = (Path(job.predecessors[mtype]).name, f"master {mtype} used")
+    for mtype, path in job.predecessors.items():
+        header[MASTERS[mtype].input_key] = (Path(path).name, f"master {mtype} used")
     header["SOFTVER"] = (__version__, "kpfmasters version")
     header["CFGHASH"] = (job.cfghash, "hash of the effective configuration")
     header["DATE"] = (
@@ -248,8 +234,41 @@ def inputs_table(rows: list[dict], notes: list[str] | None = None) -> fits.BinTa
     return table
 
 
-def build_master(job: MasterJob) -> dict:
-    """Make the master described by ``job``; return a summary (for logs and tests)."""
+def previous_of(job: MasterJob) -> tuple[Path | None, dict[str, float]]:
+    """The declared previous master (QCPREV) and its median per CCD extension.
+
+    A previous master that cannot be read costs only the comparison: it is logged and the
+    master is written without QCPREV.
+    """
+    if not job.previous:
+        return None, {}
+    try:
+        return Path(job.previous), master_medians(job.previous)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        log.warning("previous master %s cannot be read (%s); not compared", job.previous, exc)
+        return None, {}
+
+
+@dataclass
+class StackedCCD:
+    """One CCD of a master, ready to be written.
+
+    ``image``, ``unc``, ``cnt`` are the extension and its ``_UNC``/``_CNT`` HDUs (already in
+    FITS byte order); ``extras`` the post-stack images written after every UNC/CNT pair (the
+    flat's ``_STACK`` and ``_LAMP``); ``infobit`` its INFOBITS bit (0 when not set);
+    ``summary`` what the log and tests see of it.
+    """
+
+    image: fits.ImageHDU
+    unc: fits.ImageHDU
+    cnt: fits.ImageHDU
+    extras: list[fits.ImageHDU]
+    infobit: int
+    summary: dict
+
+
+def check_frames(job: MasterJob) -> list[dict]:
+    """The INPUTS rows marked USED, checked against the 2D frames given (same order)."""
     used_rows = [r for r in job.rows if r["USED"]]
     if len(used_rows) != len(job.frames):
         raise ValueError(
@@ -258,135 +277,241 @@ def build_master(job: MasterJob) -> dict:
     for row, path in zip(used_rows, job.frames, strict=True):
         if Path(path).name != row["FILENAME"]:
             raise ValueError(f"2D frame {path} does not match INPUTS row {row['FILENAME']}")
-    exptimes = [float(r["EXPTIME"]) for r in used_rows]
-    wanted = list(job.settings["extensions"])
-    present = frame_extensions(job.frames, wanted)
-    nsigma = float(job.settings["nsigma"])
-    bunit_ccd, bunit_hk = BUNITS[job.mtype]
+    return used_rows
 
-    images: dict[str, fits.ImageHDU] = {}
-    extras: list[fits.ImageHDU] = []
-    counts: dict[str, int] = {}
-    summary: dict = {"output": job.output, "extensions": {}}
-    infobits = 0
-    notes: list[str] = []
-    previous, previous_medians = previous_master(job.output, job.date)
-    for ext in wanted:
-        members = present[ext]
-        if not members:
-            log.warning("%s: no input frame has extension %s; it is left out", job.output, ext)
-            continue
-        calib = {}
-        for mtype in PREDECESSORS[job.mtype]:
-            image = read_verified(job.predecessors[mtype], ext)
-            if image is None:
-                note = (
-                    f"{ext} left out: the master {mtype} {Path(job.predecessors[mtype]).name} "
-                    f"has no {ext} extension to calibrate the {job.mtype} frames with"
-                )
-                log.warning("%s: %s", job.output, note)
-                notes.append(note)
-                break
-            calib[mtype] = image
-        if len(calib) < len(PREDECESSORS[job.mtype]):
-            del calib
-            continue
-        paths = [job.frames[i] for i in members]
-        pre = make_preprocess(job.mtype, [exptimes[i] for i in members], calib)
-        log.info("%s: stacking %d frame(s) of %s, k = %.2f", job.mtype, len(paths), ext, nsigma)
-        result = stack_files(
-            paths,
-            ext,
-            nsigma,
-            preprocess=pre,
-            band_rows=int(job.stack.get("band_rows", 0)),
-            memory_mb=int(job.stack.get("memory_mb", 384)),
-            threads=job.threads,
-        )
-        for name, image in calib.items():
-            if image.shape != result.avg.shape:
-                raise InputError(
-                    job.predecessors[name],
-                    f"extension {ext} shape {image.shape} "
-                    f"differs from the frames' {result.avg.shape}",
-                )
-        del calib, pre  # the preprocess closure holds the predecessor images too
-        data, unc, flat = result.avg, result.unc, None
-        if job.mtype == "flat":
-            masked = job.order_mask and ext in MASKED  # only GREEN/RED of the mask are read
-            mask = load_order_mask(job.order_mask, ext, data.shape) if masked else None
-            flat = normalize_flat(
-                data,
-                unc,
-                mask,
-                smooth_sigma=float(job.settings["smooth_sigma"]),
-                low_light_limit=float(job.settings["low_light_limit"]),
+
+def lacking_predecessor(job: MasterJob, ext: str) -> str:
+    """'' when every predecessor master of ``job`` has extension ``ext``; else why the
+    extension is left out of the master (an older predecessor without ``CA_HK`` costs only
+    that extension). Only the headers are read."""
+    for mtype in product(job.mtype).predecessors:
+        path = job.predecessors[mtype]
+        try:
+            with fits.open(path, lazy_load_hdus=True) as hdul:
+                names = {hdu.name for hdu in hdul}
+        except (OSError, ValueError) as exc:
+            raise InputError(path, f"is not a readable master ({exc})") from exc
+        if ext not in names:
+            return (
+                f"{ext} left out: the master {mtype} {Path(path).name} has no {ext} "
+                f"extension to calibrate the {job.mtype} frames with"
             )
-            for problem in flat.problems:
-                log.warning("%s %s: %s", job.output, ext, problem)
-            if ext != "CA_HK":
-                extras.append(fits.ImageHDU(data.astype(">f4"), name=f"{ext}_STACK"))
-                extras.append(fits.ImageHDU(flat.lamp.astype(">f4"), name=f"{ext}_LAMP"))
-            data, unc = flat.flat, flat.unc
-            result.avg = None  # kept as <EXT>_STACK (float32) above
-            summary["extensions"].setdefault(ext, {})["norms"] = flat.norms
-        bit = infobits_for(result.cnt, int(job.settings["flag_min_count"]), job.flag_fraction, ext)
-        infobits |= bit
-        counts[ext] = len(paths)
-        mjds = [used_rows[i]["MJD_OBS"] for i in members]
-        hdr = fits.Header()
-        hdr["BUNIT"] = bunit_hk if ext == "CA_HK" else bunit_ccd
-        hdr["NFRAMES"] = len(paths)
-        hdr["MINMJD"] = min(mjds)
-        hdr["MAXMJD"] = max(mjds)
-        add_mid_time(hdr, min(mjds), max(mjds))
-        qc = ccd_statistics(
-            job.mtype,
-            data,
-            unc,
-            result.cnt,
-            len(paths),
-            int(job.settings["flag_min_count"]),
-            read_frame_headers(paths, ext),
-            previous_medians.get(ext),
-        )
-        for key, value, comment in qc_cards(qc, previous.name if previous else None):
-            hdr[key] = (value, comment)
-        summary["extensions"][ext] = {
-            **summary["extensions"].get(ext, {}),
-            "nframes": len(paths),
-            "median": qc["median"],
-            "low_count_fraction": qc["low_count_fraction"],
-            "qc": qc,
-        }
-        # Held until the write, in FITS byte order (swapped in place, no copy) so astropy
-        # makes no byte-swapped copies of its own while writing.
-        images[ext] = fits.ImageHDU(fits_order(data, np.float64), header=hdr, name=ext)
-        images[f"{ext}_UNC"] = fits.ImageHDU(fits_order(unc, np.float32), name=f"{ext}_UNC")
-        images[f"{ext}_CNT"] = fits.ImageHDU(fits_order(result.cnt, np.int32), name=f"{ext}_CNT")
-        # Release this CCD's working arrays before the next CCD is stacked.
-        del result, data, unc, flat
-    stacked = [e for e in CCD_EXTS if e in counts]
-    if not stacked:
-        raise InputError(
-            job.frames[0] if job.frames else job.output,
-            f"none of the extensions {wanted} is present in the inputs",
-        )
-    for ext in stacked:
-        images[ext].header["INFOBITS"] = infobits
-        images[f"{ext}_UNC"].header["BUNIT"] = images[ext].header["BUNIT"]
+    return ""
+
+
+def calibration_images(job: MasterJob, ext: str) -> dict[str, np.ndarray]:
+    """Extension ``ext`` of each predecessor master (bias, dark, flat), float64, verified."""
+    calib = {}
+    for mtype in product(job.mtype).predecessors:
+        image = read_verified(job.predecessors[mtype], ext)
+        if image is None:
+            raise InputError(
+                job.predecessors[mtype],
+                f"has no extension {ext}, needed to calibrate the {job.mtype} frames",
+            )
+        calib[mtype] = image
+    return calib
+
+
+def stack_ccd(job: MasterJob, ext: str, paths: list[str], exptimes: list[float]) -> StackResult:
+    """Calibrate (per the product type) and clip-stack extension ``ext`` of ``paths``."""
+    calib = calibration_images(job, ext)
+    pre = make_preprocess(job.mtype, exptimes, calib)
+    nsigma = float(job.settings["nsigma"])
+    log.info("%s: stacking %d frame(s) of %s, k = %.2f", job.mtype, len(paths), ext, nsigma)
+    result = stack_files(
+        paths,
+        ext,
+        nsigma,
+        preprocess=pre,
+        band_rows=int(job.stack["band_rows"]),
+        memory_mb=int(job.stack["memory_mb"]),
+        threads=job.threads,
+    )
+    for name, image in calib.items():
+        if image.shape != result.avg.shape:
+            raise InputError(
+                job.predecessors[name],
+                f"extension {ext} shape {image.shape} differs from the frames' {result.avg.shape}",
+            )
+    return result
+
+
+def normalize_flat_step(job: MasterJob, ext: str, result: StackResult):
+    """Post-stack step of the flat: per-orderlet normalisation with the order mask.
+
+    Returns ``(flat, unc, extras, info)``: the normalised flat and its UNC, the ``_STACK``
+    and ``_LAMP`` images (GREEN and RED only) and the orderlet norms for the summary.
+    """
+    data = result.avg
+    masked = job.order_mask and ext in MASKED  # only GREEN/RED of the mask are read
+    mask = load_order_mask(job.order_mask, ext, data.shape) if masked else None
+    flat = normalize_flat(
+        data,
+        result.unc,
+        mask,
+        smooth_sigma=float(job.settings["smooth_sigma"]),
+        low_light_limit=float(job.settings["low_light_limit"]),
+    )
+    for problem in flat.problems:
+        log.warning("%s %s: %s", job.output, ext, problem)
+    extras = []
+    if ext != "CA_HK":
+        extras.append(fits.ImageHDU(data.astype(">f4"), name=f"{ext}_STACK"))
+        extras.append(fits.ImageHDU(flat.lamp.astype(">f4"), name=f"{ext}_LAMP"))
+    result.avg = None  # kept as <EXT>_STACK (float32) above
+    return flat.flat, flat.unc, extras, {"norms": flat.norms}
+
+
+#: The post-stack steps a product type may name (:attr:`ProductType.post_stack`).
+POST_STACK = {"normalize_flat": normalize_flat_step}
+
+
+def ccd_header(
+    job: MasterJob,
+    ext: str,
+    paths: list[str],
+    mjds: list[float],
+    data: np.ndarray,
+    unc: np.ndarray,
+    cnt: np.ndarray,
+    previous: Path | None,
+    previous_median: float | None,
+) -> tuple[fits.Header, dict]:
+    """Header of CCD extension ``ext`` (BUNIT, NFRAMES, MINMJD, MAXMJD, QC*), and its QC."""
+    bunit_ccd, bunit_hk = product(job.mtype).units
+    hdr = fits.Header()
+    hdr["BUNIT"] = bunit_hk if ext == "CA_HK" else bunit_ccd
+    hdr["NFRAMES"] = len(paths)
+    hdr["MINMJD"] = min(mjds)
+    hdr["MAXMJD"] = max(mjds)
+    add_mid_time(hdr, min(mjds), max(mjds))
+    qc = ccd_statistics(
+        job.mtype,
+        data,
+        unc,
+        cnt,
+        len(paths),
+        int(job.settings["flag_min_count"]),
+        read_frame_headers(paths, ext),
+        previous_median,
+    )
+    for key, value, comment in qc_cards(qc, previous.name if previous else None):
+        hdr[key] = (value, comment)
+    return hdr, qc
+
+
+def make_ccd(
+    job: MasterJob,
+    ext: str,
+    members: list[int],
+    used_rows: list[dict],
+    previous: Path | None,
+    previous_medians: dict[str, float],
+) -> StackedCCD:
+    """Stack, post-process and describe one CCD of the master (frames ``members``)."""
+    paths = [job.frames[i] for i in members]
+    exptimes = [float(used_rows[i]["EXPTIME"]) for i in members]
+    result = stack_ccd(job, ext, paths, exptimes)
+    data, unc, extras, info = result.avg, result.unc, [], {}
+    step = product(job.mtype).post_stack
+    if step:
+        data, unc, extras, info = POST_STACK[step](job, ext, result)
+    bit = infobits_for(result.cnt, int(job.settings["flag_min_count"]), job.flag_fraction, ext)
+    mjds = [used_rows[i]["MJD_OBS"] for i in members]
+    hdr, qc = ccd_header(
+        job, ext, paths, mjds, data, unc, result.cnt, previous, previous_medians.get(ext)
+    )
+    summary = {
+        **info,
+        "nframes": len(paths),
+        "median": qc["median"],
+        "low_count_fraction": qc["low_count_fraction"],
+        "qc": qc,
+    }
+    # Held until the write, in FITS byte order (swapped in place, no copy) so astropy makes
+    # no byte-swapped copies of its own while writing.
+    return StackedCCD(
+        image=fits.ImageHDU(fits_order(data, np.float64), header=hdr, name=ext),
+        unc=fits.ImageHDU(fits_order(unc, np.float32), name=f"{ext}_UNC"),
+        cnt=fits.ImageHDU(fits_order(result.cnt, np.int32), name=f"{ext}_CNT"),
+        extras=extras,
+        infobit=bit,
+        summary=summary,
+    )
+
+
+def assemble_hdus(
+    job: MasterJob,
+    ccds: dict[str, StackedCCD],
+    used_rows: list[dict],
+    previous: Path | None,
+    notes: list[str] | None = None,
+) -> fits.HDUList:
+    """The master's HDUs in file order: PRIMARY, the CCDs, their UNC/CNT pairs, the
+    post-stack images, INPUTS (``notes`` as its COMMENT cards). Sets the combined INFOBITS
+    in every CCD extension."""
+    infobits = 0
+    for ccd in ccds.values():
+        infobits |= ccd.infobit
+    for ccd in ccds.values():
+        ccd.image.header["INFOBITS"] = infobits
+        ccd.unc.header["BUNIT"] = ccd.image.header["BUNIT"]
     with fits.open(job.frames[0], lazy_load_hdus=True) as hdul:
         first = hdul[0].header.copy()
     header = primary_header(job, first, used_rows, len(job.frames), infobits)
     if previous is not None:
         header["QCPREV"] = (previous.name, "previous master of this type (QC* keywords)")
     hdus = [fits.PrimaryHDU(header=header)]
-    hdus += [images[e] for e in stacked]
-    for ext in stacked:
-        hdus += [images[f"{ext}_UNC"], images[f"{ext}_CNT"]]
-    hdus += extras
+    hdus += [ccd.image for ccd in ccds.values()]
+    for ccd in ccds.values():
+        hdus += [ccd.unc, ccd.cnt]
+    for ccd in ccds.values():
+        hdus += ccd.extras
     hdus.append(inputs_table(job.rows, notes))
-    write_fits(fits.HDUList(hdus), job.output)
-    summary.update(nframes=len(job.frames), infobits=infobits)
+    return fits.HDUList(hdus)
+
+
+def build_master(job: MasterJob) -> dict:
+    """Make the master described by ``job`` and write it atomically.
+
+    Steps: check the frames against the INPUTS rows; for each wanted CCD extension present
+    in the frames, stack it (:func:`make_ccd`); assemble the HDUs (:func:`assemble_hdus`);
+    write. Returns a summary for logs and tests: ``output``, ``nframes``, ``infobits`` and,
+    per extension, ``nframes``, ``median``, ``low_count_fraction``, ``qc`` (and the flat's
+    ``norms``).
+    """
+    used_rows = check_frames(job)
+    wanted = list(job.settings["extensions"])
+    present = frame_extensions(job.frames, wanted)
+    previous, previous_medians = previous_of(job)
+    ccds: dict[str, StackedCCD] = {}
+    notes: list[str] = []
+    for ext in CCD_EXTS:
+        if ext not in wanted:
+            continue
+        if not present[ext]:
+            log.warning("%s: no input frame has extension %s; it is left out", job.output, ext)
+            continue
+        note = lacking_predecessor(job, ext)
+        if note:
+            log.warning("%s: %s", job.output, note)
+            notes.append(note)
+            continue
+        ccds[ext] = make_ccd(job, ext, present[ext], used_rows, previous, previous_medians)
+    if not ccds:
+        raise InputError(
+            job.frames[0] if job.frames else job.output,
+            f"none of the extensions {wanted} is present in the inputs",
+        )
+    hdul = assemble_hdus(job, ccds, used_rows, previous, notes)
+    write_fits(hdul, job.output)
+    infobits = hdul[0].header["INFOBITS"]
+    summary = {
+        "output": job.output,
+        "extensions": {ext: ccd.summary for ext, ccd in ccds.items()},
+        "nframes": len(job.frames),
+        "infobits": infobits,
+    }
     log.info("wrote %s: %d frame(s), INFOBITS %d", job.output, len(job.frames), infobits)
     return summary

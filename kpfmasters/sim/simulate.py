@@ -62,7 +62,6 @@ DEFAULT_COUNTS = {
     "flat": 8,
     "arclamp": {obj: 3 for obj in DEFAULT_ARC_OBJECTS},
 }
-EXPTIMES = {"bias": 0.0, "dark": 600.0, "flat": 30.0, "arclamp": 30.0}
 SIZES = {"small": 128, "medium": 512, "full": 4080}
 COSMIC_RATE = 2e-7  # hits per pixel per second of exposure
 SHOT_GAUSS_MIN = 30.0  # shot noise is Gaussian for means at or above this (electrons)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from kpfmasters.core.logs import script_logging
+from kpfmasters.core.products import used_as_predecessor
 from kpfmasters.science.master import MasterJob, build_master
-
-PREDECESSOR_INPUTS = ("bias", "dark", "flat")
 
 
 def master_job_from_snakemake(smk, mtype: str) -> MasterJob:
     """A :class:`MasterJob` from a rule's input/output/params (see rules/<mtype>.smk)."""
     params = smk.params.master
-    predecessors = {k: str(smk.input[k]) for k in PREDECESSOR_INPUTS if k in smk.input.keys()}
+    predecessors = {k: str(smk.input[k]) for k in used_as_predecessor() if k in smk.input.keys()}
     return MasterJob(
         mtype=mtype,
         date=smk.wildcards.date,
@@ -22,7 +21,8 @@ def master_job_from_snakemake(smk, mtype: str) -> MasterJob:
         obj=params["obj"],
         predecessors=predecessors,
         order_mask=str(smk.input.order_mask) if "order_mask" in smk.input.keys() else None,
-        stack=dict(smk.config.get("stack", {})),
+        previous=str(smk.input.previous[0]) if smk.input.get("previous") else None,
+        stack={"memory_mb": smk.resources.band_mb, "band_rows": smk.resources.band_rows},
         threads=int(smk.threads),
         flag_fraction=float(params["flag_fraction"]),
         cfghash=params["cfghash"],

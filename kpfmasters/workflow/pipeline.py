@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from kpfmasters.core.config import PATH_KEYS, REPO_ROOT
+from kpfmasters.core.config import PATH_KEYS, REPO_ROOT, checkout_root
 from kpfmasters.core.errors import KPFMastersError
 
 SNAKEFILE = REPO_ROOT / "Snakefile"
@@ -40,7 +40,8 @@ def snakemake_argv(
     ignores the ``configfile:`` directive once ``--configfile`` is given), later files
     overriding earlier. Without a profile or ``cores``, all cores are used.
     """
-    argv = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir)]
+    snakefile = checkout_root() / SNAKEFILE.name
+    argv = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d", str(workdir)]
     if profile:
         argv += ["--profile", str(profile)]
     if cores:

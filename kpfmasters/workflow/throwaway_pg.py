@@ -17,7 +17,7 @@ Python use::
 The tests use it through the pytest fixture in ``tests/pgserver.py``; ``kpfmasters demo``
 registers its night in one.
 
-Command line: ``python -m kpfmasters.db.throwaway [--dir DIR] -- COMMAND ...`` runs COMMAND
+Command line: ``python -m kpfmasters.workflow.throwaway_pg [--dir DIR] -- COMMAND ...`` runs COMMAND
 with the server's ``PG*`` variables set, then stops the server.
 """
 
@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-log = logging.getLogger("kpfmasters.db.throwaway")
+log = logging.getLogger("kpfmasters.workflow.throwaway_pg")
 
 PROGRAMS = ("initdb", "pg_ctl", "postgres")
 SYSTEM_USER = "postgres"
