@@ -1,9 +1,12 @@
-"""``kpfmasters stack``: clipped stack (SPEC section 4) of image extensions of FITS files.
+"""``kpfmasters stack``: clipped stack of image extensions of FITS files.
 
-Output layout (like a master's, SPEC section 5): PRIMARY (``NFRAMES``, ``NSIGMA``), then each
-stacked extension ``NAME`` (float64 mean of the kept values), then for each of them, in the
-same order, ``NAME_UNC`` (float32 standard error) and ``NAME_CNT`` (int32 values kept). The
-file is written atomically with CHECKSUM/DATASUM (:func:`kpfmasters.io.fits.write_fits`).
+The stack is described in docs/reference.md, 'The clipped stack'.
+
+Output layout (like a master's, docs/reference.md, 'HDUs, in file order'): PRIMARY
+(``NFRAMES``, ``NSIGMA``), then each stacked extension ``NAME`` (float64 mean of the kept
+values), then for each of them, in the same order, ``NAME_UNC`` (float32 standard error) and
+``NAME_CNT`` (int32 values kept). The file is written atomically with CHECKSUM/DATASUM
+(:func:`kpfmasters.io.fits.write_fits`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from kpfmasters.core.errors import InputError
 from kpfmasters.io.fits import write_fits
 from kpfmasters.science.stack import clip_correction, stack_files
 
-HELP = "Clipped mean of image extensions over FITS files (SPEC section 4), streamed in bands."
+HELP = "Clipped mean of image extensions over FITS files, streamed in bands."
 DEFAULT_EXTS = ("GREEN_CCD", "RED_CCD", "CA_HK")
 # header keywords of the first file's extension carried to the stacked image
 CARRIED = ("BUNIT",)
@@ -50,6 +53,18 @@ def _int_at_least(low: int):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the command's arguments; the band defaults come from ``config.yaml``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The ``stack`` subcommand's parser.
+
+    Raises
+    ------
+    ConfigError
+        When ``config.yaml`` cannot be loaded (it holds the ``stack`` defaults).
+    """
     parser.add_argument("files", nargs="+", metavar="FILE", help="input FITS files, in order")
     parser.add_argument(
         "--nsigma", type=_positive_float, required=True, metavar="K", help="clip k (m +/- k*s), > 0"
@@ -88,7 +103,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def default_extensions(path: str) -> list[str]:
-    """The extensions of :data:`DEFAULT_EXTS` present in ``path``, in that order."""
+    """The extensions of :data:`DEFAULT_EXTS` present in a file, in that order.
+
+    Parameters
+    ----------
+    path : str
+        The first input file.
+
+    Returns
+    -------
+    list of str
+        The names present (at least one).
+
+    Raises
+    ------
+    InputError
+        When the file is not readable FITS or has none of them.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyUserWarning)
@@ -130,6 +161,24 @@ def _big_endian(arr: np.ndarray) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Stack each extension and write the output file atomically.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed arguments (:func:`add_arguments`): ``files``, ``nsigma``, ``ext``,
+        ``threads``, ``band_rows``, ``memory_mb`` (MiB), ``output``.
+
+    Returns
+    -------
+    int
+        The exit status, 0.
+
+    Raises
+    ------
+    InputError
+        Naming an input file that cannot be stacked.
+    """
     start = time.perf_counter()
     exts = [e.upper() for e in args.ext] if args.ext else default_extensions(args.files[0])
     exts = list(dict.fromkeys(exts))  # an extension named twice is stacked once

@@ -32,12 +32,31 @@ _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def load_schema() -> dict:
+    """Read the configuration schema ``schemas/config.schema.yaml`` of the checkout.
+
+    Returns
+    -------
+    dict
+        The JSON schema, as parsed from YAML.
+    """
     with open(SCHEMA_PATH) as handle:
         return yaml.safe_load(handle)
 
 
 def validate_config(config: dict) -> None:
-    """Raise :class:`ConfigError` naming the first offending key (dotted path)."""
+    """Validate a raw configuration against the schema.
+
+    Parameters
+    ----------
+    config : dict
+        The configuration as read from YAML (and merged with overrides), not yet normalised.
+
+    Raises
+    ------
+    ConfigError
+        Naming the first offending key (dotted path, e.g. ``masters.flat.nsigma``) and the
+        schema's complaint.
+    """
     import jsonschema
 
     schema = load_schema()
@@ -50,7 +69,29 @@ def validate_config(config: dict) -> None:
 
 
 def expand_vars(value: str, key: str, environ: dict | None = None) -> str:
-    """Expand ``${VAR}`` and ``${VAR:-default}`` in ``value``; unset without default fails."""
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in a configuration value.
+
+    An unset or empty variable takes its default; without a default it is an error.
+
+    Parameters
+    ----------
+    value : str
+        The text to expand (a path from the configuration).
+    key : str
+        The configuration key it came from, for the error message.
+    environ : dict, optional
+        Environment to read (default ``os.environ``).
+
+    Returns
+    -------
+    str
+        ``value`` with every reference replaced.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``key`` and the variable that is not set and has no default.
+    """
     environ = os.environ if environ is None else environ
 
     def repl(match: re.Match) -> str:
@@ -66,7 +107,25 @@ def expand_vars(value: str, key: str, environ: dict | None = None) -> str:
 
 
 def check_date(value: Any, key: str = "date") -> str:
-    """Return ``value`` as a valid ``YYYYMMDD`` string or raise naming ``key``."""
+    """Check that a value is a calendar date written ``YYYYMMDD``.
+
+    Parameters
+    ----------
+    value : object
+        The value as given (str or int); surrounding blanks are ignored.
+    key : str
+        The configuration key it came from, for the error message.
+
+    Returns
+    -------
+    str
+        The date as an 8-digit ``YYYYMMDD`` string.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``key`` when the value is not 8 digits or not a calendar date.
+    """
     text = str(value).strip()
     if not DATE_RE.match(text):
         raise ConfigError(f"configuration key {key}: {value!r} is not a date YYYYMMDD")
@@ -78,7 +137,26 @@ def check_date(value: Any, key: str = "date") -> str:
 
 
 def parse_dates(date: Any = "", dates: Any = "") -> list[str]:
-    """The nights asked for: ``date`` (one) or ``dates`` (range ``A..B``, list, or comma list)."""
+    """The nights asked for by the ``date`` or ``dates`` configuration key.
+
+    Parameters
+    ----------
+    date : str or int, optional
+        One night, ``YYYYMMDD`` ('' or None: not set).
+    dates : str or list, optional
+        Several nights: an inclusive range ``A..B``, a list, or a comma- or blank-separated
+        list of ``YYYYMMDD`` ('', None or []: not set).
+
+    Returns
+    -------
+    list of str
+        The nights, ``YYYYMMDD``, sorted and without repeats; empty when neither key is set.
+
+    Raises
+    ------
+    ConfigError
+        When both keys are set, a value is not a date, or a range ends before it starts.
+    """
     have_date = date not in ("", None)
     have_dates = dates not in ("", None, [])
     if have_date and have_dates:
@@ -109,8 +187,16 @@ def parse_dates(date: Any = "", dates: Any = "") -> list[str]:
 def checkout_root() -> Path:
     """The kpf-masters checkout this package runs from (Snakefile, rules/, config.yaml).
 
-    Raises :class:`ConfigError` in one line when the package was installed on its own (a
-    wheel): the workflow and the configuration are part of the checkout, not of the package.
+    Returns
+    -------
+    Path
+        The checkout's root directory.
+
+    Raises
+    ------
+    ConfigError
+        In one line, when the package was installed on its own (a wheel): the workflow and
+        the configuration are part of the checkout, not of the package.
     """
     missing = [n for n in ("Snakefile", "config.yaml") if not (REPO_ROOT / n).is_file()]
     if missing:
@@ -123,7 +209,26 @@ def checkout_root() -> Path:
 
 
 def normalize_config(config: dict, environ: dict | None = None) -> dict:
-    """Return a copy of a *validated* config with paths expanded and ``nights`` added."""
+    """Normalise a *validated* configuration: paths expanded, ``nights`` added.
+
+    Parameters
+    ----------
+    config : dict
+        A configuration that passed :func:`validate_config`; not modified.
+    environ : dict, optional
+        Environment for :func:`expand_vars` (default ``os.environ``).
+
+    Returns
+    -------
+    dict
+        A deep copy with ``${VAR}`` expanded in the path keys (``l0_root``, ``work_root``,
+        ``masters_root``, ``order_mask``) and ``nights`` set by :func:`parse_dates`.
+
+    Raises
+    ------
+    ConfigError
+        From :func:`expand_vars` or :func:`parse_dates`, naming the key.
+    """
     cfg = copy.deepcopy(config)
     for key in PATH_KEYS:
         cfg[key] = expand_vars(str(cfg[key]), key, environ)
@@ -132,7 +237,20 @@ def normalize_config(config: dict, environ: dict | None = None) -> dict:
 
 
 def merge(base: dict, overrides: dict) -> dict:
-    """Recursive dictionary update (like Snakemake's ``--config`` merge)."""
+    """Recursive dictionary update (like Snakemake's ``--config`` merge).
+
+    Parameters
+    ----------
+    base : dict
+        The configuration to start from; not modified.
+    overrides : dict
+        Values that replace those of ``base``; nested dictionaries are merged key by key.
+
+    Returns
+    -------
+    dict
+        A deep copy of ``base`` updated with ``overrides``.
+    """
     out = copy.deepcopy(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
@@ -143,7 +261,13 @@ def merge(base: dict, overrides: dict) -> dict:
 
 
 def read_yaml(path: Path) -> dict:
-    """A YAML mapping from ``path`` (an empty file is an empty mapping)."""
+    """A YAML mapping from ``path`` (an empty file is an empty mapping).
+
+    Raises
+    ------
+    ConfigError
+        When the file cannot be read, is not YAML or is not a mapping (naming the file).
+    """
     try:
         with open(path) as handle:
             raw = yaml.safe_load(handle) or {}
@@ -159,12 +283,30 @@ def read_yaml(path: Path) -> dict:
 def load_config(
     path: str | Path | None = None, overrides: dict | None = None, environ: dict | None = None
 ) -> dict:
-    """Load, merge, validate and normalise a configuration (default ``config.yaml``).
+    """Load, merge, validate and normalise a configuration.
 
-    A file given as ``path`` is a layer over ``config.yaml``, merged as Snakemake merges
-    ``--configfile`` (sections recursively, lists replaced), so a file holding only what it
-    changes (e.g. ``config/kpf_production.yaml``) works the same on the command line and in
-    the workflow; ``overrides`` go on top.
+    Parameters
+    ----------
+    path : str or Path, optional
+        A YAML file laid over ``config.yaml`` of the checkout (:func:`checkout_root`),
+        merged as Snakemake merges ``--configfile`` (sections recursively, lists replaced),
+        so a file holding only what it changes (``config/kpf_production.yaml``) works the
+        same on the command line and in the workflow. Default: ``config.yaml`` alone.
+    overrides : dict, optional
+        Values merged over the files' (:func:`merge`) before validation.
+    environ : dict, optional
+        Environment for the expansion of paths (default ``os.environ``).
+
+    Returns
+    -------
+    dict
+        The validated, normalised configuration (:func:`normalize_config`).
+
+    Raises
+    ------
+    ConfigError
+        When a file cannot be read or is not YAML (naming the file), or a key is invalid
+        (naming the key).
     """
     default = checkout_root() / "config.yaml"
     path = Path(path) if path else default
@@ -178,6 +320,18 @@ def load_config(
 
 
 def config_hash(*parts: Any) -> str:
-    """Stable 16-hex-digit hash of JSON-serialisable configuration parts (``CFGHASH``)."""
+    """Stable hash of configuration parts, as written in a master's ``CFGHASH``.
+
+    Parameters
+    ----------
+    *parts : object
+        JSON-serialisable values (dictionary keys are sorted; other objects go through
+        ``str``).
+
+    Returns
+    -------
+    str
+        The first 16 hex digits of the SHA-256 of their compact JSON text.
+    """
     text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -14,6 +14,13 @@ class InputError(KPFMastersError):
 
     The message always starts with the file's path, then says which part (keyword or
     extension) is wrong and what was expected.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file (kept as ``self.path``, a str).
+    problem : str
+        What is wrong and what was expected (kept as ``self.problem``).
     """
 
     def __init__(self, path: str | Path, problem: str):

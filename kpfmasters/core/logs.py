@@ -15,7 +15,19 @@ def script_logging(log_path: str | Path | None, name: str = "kpfmasters"):
     """Send log records of ``kpfmasters.*`` to ``log_path`` (and stderr) for one job.
 
     An exception escaping the block is logged with its message before it propagates, so the
-    rule's log file says why the job failed.
+    rule's log file says why the job failed. The handlers are removed when the block ends.
+
+    Parameters
+    ----------
+    log_path : str, Path or None
+        The rule's log file, overwritten (its directory is made); None logs to stderr only.
+    name : str
+        Name of the logger yielded.
+
+    Yields
+    ------
+    logging.Logger
+        The logger ``name``, at level INFO under ``kpfmasters``.
     """
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path:

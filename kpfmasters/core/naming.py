@@ -1,4 +1,7 @@
-"""File names: L0 inputs, 2D intermediates and master products (SPEC sections 1, 2, 5)."""
+"""File names: L0 inputs, 2D intermediates and master products.
+
+See docs/reference.md, 'Names and nights', 'The 2D file' and 'Names' (of the master files).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,20 @@ _SAFE_TAG_RE = re.compile(r"[^A-Za-z0-9._+-]+")
 def parse_l0_name(name: str, night: str) -> tuple[bool, str]:
     """Decide whether ``name`` is an L0 file of ``night``.
 
-    Returns ``(True, "")`` for a valid name, else ``(False, reason)`` for the log.
+    A valid name is ``KP.YYYYMMDD.SSSSS.ss.fits`` with the night's date and seconds after UT
+    midnight below 86400; re-delivered files (a ``-`` in the name) are not.
+
+    Parameters
+    ----------
+    name : str
+        File name (no directory).
+    night : str
+        The night, ``YYYYMMDD``.
+
+    Returns
+    -------
+    tuple of (bool, str)
+        ``(True, "")`` for a valid name, else ``(False, reason)`` for the log.
     """
     if "-" in name:
         return False, "re-delivered file (name contains '-')"
@@ -31,12 +47,34 @@ def parse_l0_name(name: str, night: str) -> tuple[bool, str]:
 
 
 def l0_stem(name: str) -> str:
-    """``KP.20230606.12345.67.fits`` -> ``KP.20230606.12345.67``."""
+    """The name without its ``.fits`` suffix.
+
+    Parameters
+    ----------
+    name : str
+        An L0 file name, e.g. ``KP.20230606.12345.67.fits``.
+
+    Returns
+    -------
+    str
+        ``KP.20230606.12345.67`` (a name without ``.fits`` is returned as it is).
+    """
     return name[:-5] if name.endswith(".fits") else name
 
 
 def two_d_name(l0_name: str) -> str:
-    """Name of the 2D file made from an L0 file (SPEC section 2)."""
+    """Name of the 2D file made from an L0 file (docs/reference.md, 'The 2D file').
+
+    Parameters
+    ----------
+    l0_name : str
+        The L0 file name, ``KP.<date>.<seconds>.fits``.
+
+    Returns
+    -------
+    str
+        ``KP.<date>.<seconds>_2D.fits``.
+    """
     return f"{l0_stem(l0_name)}_2D.fits"
 
 
@@ -47,6 +85,16 @@ def object_tag(obj: str) -> str:
     Anything else (spaces, slashes, quotes, non-ASCII) is folded to ASCII, unsafe runs become
     ``_``, and an 8-hex-digit hash of the exact value is appended so two different OBJECT
     values can never share a file name.
+
+    Parameters
+    ----------
+    obj : str
+        The PRIMARY ``OBJECT`` value.
+
+    Returns
+    -------
+    str
+        The tag: ``obj`` itself, or at most 48 safe characters, ``_`` and the hash.
     """
     if obj and _SAFE_TAG_RE.search(obj) is None and not obj.startswith("."):
         return obj
@@ -57,7 +105,28 @@ def object_tag(obj: str) -> str:
 
 
 def master_name(date: str, mtype: str, obj: str | None = None) -> str:
-    """``kpf_<date>_master_<type>.fits``; arclamps take the OBJECT tag (:func:`object_tag`)."""
+    """File name of a master (docs/reference.md, 'Names').
+
+    Parameters
+    ----------
+    date : str
+        The night, ``YYYYMMDD``.
+    mtype : str
+        Master type (``bias``, ``dark``, ``flat``, ``arclamp``).
+    obj : str, optional
+        The OBJECT value; required for types made per OBJECT (arclamps).
+
+    Returns
+    -------
+    str
+        ``kpf_<date>_master_<type>.fits``, or ``kpf_<date>_master_arclamp_<tag>.fits`` with
+        the OBJECT tag of :func:`object_tag`.
+
+    Raises
+    ------
+    ValueError
+        When ``mtype`` is unknown, or an arclamp is named without its OBJECT.
+    """
     if product(mtype).per_object:
         if obj is None:
             raise ValueError("an arclamp master needs its OBJECT value")
@@ -66,6 +135,20 @@ def master_name(date: str, mtype: str, obj: str | None = None) -> str:
 
 
 def master_path(masters_root: str | Path, date: str, mtype: str, obj: str | None = None) -> Path:
+    """Path of a master under the masters directory.
+
+    Parameters
+    ----------
+    masters_root : str or Path
+        The masters directory (configuration key ``masters_root``).
+    date, mtype, obj
+        As for :func:`master_name`.
+
+    Returns
+    -------
+    Path
+        ``<masters_root>/<date>/`` + :func:`master_name`.
+    """
     return Path(masters_root) / date / master_name(date, mtype, obj)
 
 
@@ -75,9 +158,18 @@ MASTER_NAME_RE = re.compile(
 
 
 def master_kind(path: str | Path) -> str | None:
-    """``bias``, ``dark``, ``flat`` or ``arclamp_<tag>`` from a master's file name.
+    """The kind of master a file name says: its type, and the OBJECT tag for arclamps.
 
-    None when the name is not ``kpf_<date>_master_<kind>.fits``.
+    Parameters
+    ----------
+    path : str or Path
+        A master file (only its name is read).
+
+    Returns
+    -------
+    str or None
+        ``bias``, ``dark``, ``flat`` or ``arclamp_<tag>``; None when the name is not
+        ``kpf_<date>_master_<kind>.fits``.
     """
     match = MASTER_NAME_RE.match(Path(path).name)
     if not match:

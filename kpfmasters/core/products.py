@@ -89,7 +89,23 @@ MASTER_TYPES: tuple[str, ...] = tuple(MASTERS)
 
 
 def product(name: str) -> ProductType:
-    """The :class:`ProductType` called ``name``; ValueError naming the known ones otherwise."""
+    """The row of the table for one product type.
+
+    Parameters
+    ----------
+    name : str
+        Type name (``bias``, ``dark``, ``flat``, ``arclamp``).
+
+    Returns
+    -------
+    ProductType
+        Its row of :data:`MASTERS`.
+
+    Raises
+    ------
+    ValueError
+        Naming the unknown type and the known ones.
+    """
     try:
         return MASTERS[name]
     except KeyError:
@@ -97,5 +113,11 @@ def product(name: str) -> ProductType:
 
 
 def used_as_predecessor() -> tuple[str, ...]:
-    """Master types some other master is calibrated with (``bias``, ``dark``, ``flat``)."""
+    """Master types some other master is calibrated with.
+
+    Returns
+    -------
+    tuple of str
+        In build order: ``("bias", "dark", "flat")`` with today's table.
+    """
     return tuple(n for n in MASTER_TYPES if any(n in p.predecessors for p in MASTERS.values()))

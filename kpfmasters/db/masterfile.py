@@ -1,8 +1,8 @@
 """What the calibration database records about one master file, read from the file itself.
 
-A night's 2D masters are ``<masters_root>/<date>/kpf_<date>_master_<type>.fits`` (SPEC
-section 5). Other files there are ignored with a log line: KPF's 1D products
-(``*_L1.fits``, ``*_L2.fits``), names of another night, hidden temporary files.
+A night's 2D masters are ``<masters_root>/<date>/kpf_<date>_master_<type>.fits``
+(docs/reference.md, 'Names'). Other files there are ignored with a log line: KPF's 1D
+products (``*_L1.fits``, ``*_L2.fits``), names of another night, hidden temporary files.
 """
 
 from __future__ import annotations
@@ -34,7 +34,30 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class MasterInfo:
-    """One master file as a ``calfiles`` row sees it (``object`` already lowercase)."""
+    """One master file as a ``calfiles`` row sees it.
+
+    Attributes
+    ----------
+    path : Path
+        The file (absolute).
+    caltype : str
+        Master type from the file name (``bias``, ``dark``, ``flat``, ``arclamp``).
+    object : str
+        PRIMARY ``OBJECT``, lowercase.
+    raw_object : str
+        PRIMARY ``OBJECT`` as written.
+    contentbits : int
+        Bit of each CCD image present (:data:`CONTENT_BITS`: 1 GREEN_CCD, 2 RED_CCD,
+        4 CA_HK).
+    nframes : int
+        PRIMARY ``NFRAMES``.
+    minmjd, maxmjd : float
+        PRIMARY ``MINMJD`` and ``MAXMJD`` (days).
+    infobits : int
+        PRIMARY ``INFOBITS``.
+    checksum : str
+        MD5 hex digest of the file's bytes.
+    """
 
     path: Path
     caltype: str
@@ -49,7 +72,23 @@ class MasterInfo:
 
 
 def parse_night(date: str) -> dt.date:
-    """``YYYYMMDD`` -> date; :class:`NightError` otherwise."""
+    """A night argument as a date.
+
+    Parameters
+    ----------
+    date : str
+        The night, ``YYYYMMDD``.
+
+    Returns
+    -------
+    datetime.date
+        The calendar date.
+
+    Raises
+    ------
+    NightError
+        When it is not 8 digits or not a calendar date.
+    """
     text = str(date)
     try:
         if len(text) != 8 or not text.isdigit():
@@ -60,7 +99,18 @@ def parse_night(date: str) -> dt.date:
 
 
 def md5_file(path: str | Path) -> str:
-    """MD5 hex digest of the file's bytes."""
+    """MD5 hex digest of the file's bytes (read in 1 MiB chunks).
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+
+    Returns
+    -------
+    str
+        32 hex digits.
+    """
     digest = hashlib.md5()
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
@@ -69,7 +119,29 @@ def md5_file(path: str | Path) -> str:
 
 
 def night_master_files(masters_root: str | Path, date: str) -> list[Path]:
-    """The night's master files, sorted by name, as absolute paths (symlinks kept)."""
+    """The night's master files, sorted by name, as absolute paths (symlinks kept).
+
+    Parameters
+    ----------
+    masters_root : str or Path
+        The masters directory.
+    date : str
+        The night, ``YYYYMMDD``.
+
+    Returns
+    -------
+    list of Path
+        ``<masters_root>/<date>/kpf_<date>_master_*.fits`` that are regular files with a
+        2D master name of that night; empty (with a warning) when the night has no
+        directory.
+
+    Raises
+    ------
+    NightError
+        When ``date`` is not a night.
+    InputError
+        When ``masters_root`` is not a directory.
+    """
     parse_night(date)
     root = Path(os.path.abspath(masters_root))
     if not root.is_dir():
@@ -128,7 +200,28 @@ def _open_headers(path: Path) -> list[fits.Header]:
 
 
 def read_master(path: str | Path) -> MasterInfo:
-    """Read a master's ``calfiles`` fields; :class:`InputError` names the file and the problem."""
+    """Read a master's ``calfiles`` fields from its name and headers.
+
+    Every header is read with the data checksums verified; the MD5 of the file is computed.
+
+    Parameters
+    ----------
+    path : str or Path
+        The master file.
+
+    Returns
+    -------
+    MasterInfo
+        Its fields.
+
+    Raises
+    ------
+    InputError
+        Naming the file and the problem: a name that is not a master's, an unreadable or
+        invalid FITS file, IMTYPE not that of the type, an arclamp OBJECT that does not
+        match its file name, or a PRIMARY keyword (OBJECT, NFRAMES, MINMJD, MAXMJD,
+        INFOBITS) missing or of the wrong type.
+    """
     path = Path(os.path.abspath(path))
     match = MASTER_NAME_RE.match(path.name)
     if not match:

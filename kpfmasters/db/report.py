@@ -13,7 +13,19 @@ def _bits(value: int) -> str:
 
 
 def format_row(row: dict) -> str:
-    """One line: cid, night, caltype, object, content, frames, flags, status, file."""
+    """A ``calfiles`` row as one line of text.
+
+    Parameters
+    ----------
+    row : dict
+        A ``calfiles`` row (column -> value; ``startdate`` a date).
+
+    Returns
+    -------
+    str
+        cid, night, level, caltype, object, contentbits (with the CCD names), nframes,
+        infobits, status, MD5 checksum and file name.
+    """
     return (
         f"cid {row['cid']}: {row['startdate']:%Y%m%d} level {row['level']} {row['caltype']} "
         f"object={row['object']!r} contentbits={_bits(row['contentbits'])} "
@@ -23,7 +35,18 @@ def format_row(row: dict) -> str:
 
 
 def row_to_json(row: dict) -> dict:
-    """A row with dates and times as ISO strings, for ``json.dumps``."""
+    """A ``calfiles`` row ready for ``json.dumps``.
+
+    Parameters
+    ----------
+    row : dict
+        A ``calfiles`` row (column -> value).
+
+    Returns
+    -------
+    dict
+        The same row with dates and times as ISO 8601 strings.
+    """
     return {
         key: value.isoformat() if isinstance(value, (dt.date, dt.datetime)) else value
         for key, value in row.items()

@@ -34,12 +34,34 @@ _INIT_LOCK = 0x6B70_6664  # "kpfd"
 
 
 def schema_text() -> str:
-    """The text of ``schema.sql`` shipped with the package."""
+    """The text of ``schema.sql`` shipped with the package.
+
+    Returns
+    -------
+    str
+        The SQL that creates the ``calfiles`` and ``schema_version`` tables.
+    """
     return resources.files("kpfmasters.db").joinpath("schema.sql").read_text()
 
 
 def schema_file_version(text: str | None = None) -> int:
-    """The version that ``schema.sql`` declares on its first line."""
+    """The version that ``schema.sql`` declares on its first line (``... schema, version N``).
+
+    Parameters
+    ----------
+    text : str, optional
+        The SQL text (default: :func:`schema_text`).
+
+    Returns
+    -------
+    int
+        N.
+
+    Raises
+    ------
+    SchemaError
+        When the first line declares no version.
+    """
     first = (text if text is not None else schema_text()).splitlines()[0]
     match = _VERSION_RE.match(first)
     if not match:
@@ -51,7 +73,18 @@ SCHEMA_VERSION = schema_file_version()
 
 
 def database_version(cur) -> int | None:
-    """The newest schema version recorded in the database, or None without a schema."""
+    """The newest schema version recorded in the database.
+
+    Parameters
+    ----------
+    cur : psycopg2 cursor
+        A cursor of the connection to ask.
+
+    Returns
+    -------
+    int or None
+        The largest ``schema_version.version``; None when that table does not exist.
+    """
     cur.execute("SELECT to_regclass('schema_version') IS NOT NULL")
     if not cur.fetchone()[0]:
         return None
@@ -60,7 +93,20 @@ def database_version(cur) -> int | None:
 
 
 def check_schema(conn) -> None:
-    """Raise :class:`SchemaError` unless ``calfiles`` exists at this software's version."""
+    """Check that ``calfiles`` exists at this software's schema version.
+
+    Parameters
+    ----------
+    conn : psycopg2 connection
+        The connection to check (rolled back when the check itself fails).
+
+    Raises
+    ------
+    SchemaError
+        When the database has no ``calfiles`` table or schema, or another version.
+    DatabaseError
+        When the version cannot be read.
+    """
     try:
         with conn.cursor() as cur:
             version = database_version(cur)
@@ -148,10 +194,33 @@ def init_schema(
 ) -> list[str]:
     """Apply ``schema.sql``, create the roles and grants, in one transaction.
 
-    Idempotent. Returns what was done, one line each, for the command to print. Refuses a
-    database whose schema is newer than this software's. When every role may CREATE in the
-    schema holding ``calfiles`` (PostgreSQL <= 14's default for ``public``), that is revoked
-    from PUBLIC with ``revoke_public_create``, and otherwise reported in a warning line.
+    Idempotent; concurrent runs are serialised by an advisory lock. When every role may
+    CREATE in the schema holding ``calfiles`` (PostgreSQL <= 14's default for ``public``),
+    that is revoked from PUBLIC with ``revoke_public_create``, and otherwise reported in a
+    warning line.
+
+    Parameters
+    ----------
+    conn : psycopg2 connection
+        A connection of an administrator (may create roles and tables).
+    read_role, pipeline_role : str
+        Names of the read-only and the pipeline role (NOLOGIN; made when missing).
+    pipeline_members, read_members : iterable of str
+        Existing roles (login users) made members of the pipeline and the read-only role.
+    revoke_public_create : bool
+        Revoke CREATE on the schema from PUBLIC when every role has it.
+
+    Returns
+    -------
+    list of str
+        What was done, one line each, for the command to print (also logged).
+
+    Raises
+    ------
+    SchemaError
+        When the database's schema is newer than this software's (nothing is changed).
+    DatabaseError
+        When a statement fails, or a member role does not exist (all is rolled back).
     """
     done: list[str] = []
     try:

@@ -10,6 +10,16 @@ def transaction(conn):
     """Commit the block on success, roll it back on any exception.
 
     A connection in autocommit mode is switched out of it for the block and back after.
+
+    Parameters
+    ----------
+    conn : psycopg2 connection
+        The connection.
+
+    Yields
+    ------
+    psycopg2 connection
+        ``conn``, inside the transaction.
     """
     autocommit = conn.autocommit
     if autocommit:

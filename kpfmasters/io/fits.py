@@ -23,7 +23,18 @@ TMP_MARK = ".tmp-"
 
 
 def temporary_name(path: str | Path) -> Path:
-    """Hidden name beside ``path`` used while it is being written (unique per process)."""
+    """Hidden name beside ``path`` used while it is being written (unique per process).
+
+    Parameters
+    ----------
+    path : str or Path
+        The final file.
+
+    Returns
+    -------
+    Path
+        ``<dir>/.<name>.tmp-<pid>``.
+    """
     path = Path(path)
     return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
 
@@ -42,7 +53,17 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
     """Remove the temporary files of ``path`` left by writers that no longer run.
 
     A file ``.<name>.tmp-<pid>`` beside ``path`` is stale when ``<pid>`` is not this process
-    and no process with that id exists on this host. Returns the files removed.
+    and no process with that id exists on this host.
+
+    Parameters
+    ----------
+    path : str or Path
+        The final file whose temporaries are looked for.
+
+    Returns
+    -------
+    list of Path
+        The files removed (empty when the directory cannot be listed).
     """
     path = Path(path)
     prefix = f".{path.name}{TMP_MARK}"
@@ -71,8 +92,19 @@ def atomic_output(path: str | Path):
     """Yield a temporary path; on success rename it to ``path``, on any error remove it.
 
     The temporary file lives in the destination directory so the final ``os.replace`` is a
-    rename within one file system (atomic on POSIX). After a successful rename, stale
-    temporaries of ``path`` (see :func:`remove_stale_temporaries`) are removed.
+    rename within one file system (atomic on POSIX); it is fsync'ed before the rename. After
+    a successful rename, stale temporaries of ``path`` (see :func:`remove_stale_temporaries`)
+    are removed.
+
+    Parameters
+    ----------
+    path : str or Path
+        The final file; its directory is made when missing.
+
+    Yields
+    ------
+    Path
+        The temporary name (:func:`temporary_name`) the block must write.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,16 +121,41 @@ def atomic_output(path: str | Path):
 
 
 def write_fits(hdul: fits.HDUList, path: str | Path) -> Path:
-    """Write ``hdul`` to ``path`` atomically, with CHECKSUM/DATASUM in every HDU."""
+    """Write an HDU list atomically, with CHECKSUM/DATASUM in every HDU.
+
+    Parameters
+    ----------
+    hdul : astropy.io.fits.HDUList
+        The file's HDUs (verified with ``output_verify="exception"``).
+    path : str or Path
+        The final file, replaced when it exists (:func:`atomic_output`).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     with atomic_output(path) as tmp:
         hdul.writeto(tmp, checksum=True, overwrite=True, output_verify="exception")
     return Path(path)
 
 
 def check_complete(path: str | Path) -> None:
-    """Raise :class:`InputError` unless every header of ``path`` reads and every HDU's data
-    lies within the file (an empty, non-FITS or truncated file fails). Reads headers only:
-    cheap, but no checksum is verified."""
+    """Check that a FITS file is complete: every header reads, every HDU's data is present.
+
+    Reads headers only: cheap, but no checksum is verified (:func:`verify_checksums`).
+
+    Parameters
+    ----------
+    path : str or Path
+        The FITS file.
+
+    Raises
+    ------
+    InputError
+        Naming the file when it is missing, empty, not FITS, or truncated (naming the HDU
+        and the bytes it needs).
+    """
     path = Path(path)
     read_primary_header(path)
     size = path.stat().st_size
@@ -119,8 +176,21 @@ def check_complete(path: str | Path) -> None:
 
 
 def verify_checksums(path: str | Path) -> None:
-    """Raise :class:`InputError` unless every HDU of ``path`` carries CHECKSUM and DATASUM
-    and both match its bytes (the data are read through a memory map, not converted)."""
+    """Check that every HDU of a FITS file carries CHECKSUM and DATASUM matching its bytes.
+
+    The data are read through a memory map, not converted.
+
+    Parameters
+    ----------
+    path : str or Path
+        The FITS file.
+
+    Raises
+    ------
+    InputError
+        Naming the file: unreadable or not FITS, an HDU without CHECKSUM/DATASUM (naming
+        the HDU), or a sum that does not match.
+    """
     path = Path(path)
     try:
         with warnings.catch_warnings():
@@ -143,7 +213,23 @@ def verify_checksums(path: str | Path) -> None:
 
 
 def read_primary_header(path: str | Path) -> fits.Header:
-    """Read only the PRIMARY header of ``path``; raise :class:`InputError` naming the file."""
+    """Read only the PRIMARY header of a FITS file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The FITS file.
+
+    Returns
+    -------
+    astropy.io.fits.Header
+        Its PRIMARY header.
+
+    Raises
+    ------
+    InputError
+        Naming the file when it cannot be read, is empty (0 bytes) or is not FITS.
+    """
     path = Path(path)
     try:
         size = path.stat().st_size

@@ -22,8 +22,19 @@ NIGHT_DIR_RE = re.compile(r"^\d{8}$")
 def earlier_masters(output: str | Path, date: str) -> list[Path]:
     """Masters of the same kind as ``output`` on earlier nights on disk, nearest first.
 
-    ``output`` is ``<masters_root>/<date>/kpf_<date>_master_<kind>.fits``; anything else (a
-    file outside a night directory) has no previous master.
+    Parameters
+    ----------
+    output : str or Path
+        The new master, ``<masters_root>/<date>/kpf_<date>_master_<kind>.fits``; anything
+        else (a file outside a night directory) has no previous master.
+    date : str
+        Its night, ``YYYYMMDD``.
+
+    Returns
+    -------
+    list of Path
+        ``<masters_root>/<night>/kpf_<night>_master_<kind>.fits`` of the earlier nights
+        that hold one, latest night first (not checked for readability).
     """
     output = Path(output)
     kind = master_kind(output)

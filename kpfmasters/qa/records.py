@@ -30,6 +30,19 @@ log = logging.getLogger(__name__)
 
 
 def master_type(kind: str) -> str:
+    """The master type of a kind.
+
+    Parameters
+    ----------
+    kind : str
+        ``bias``, ``dark``, ``flat`` or ``arclamp_<tag>``
+        (:func:`kpfmasters.core.naming.master_kind`).
+
+    Returns
+    -------
+    str
+        The part before the first ``_``: ``bias``, ``dark``, ``flat``, ``arclamp``.
+    """
     return kind.split("_", 1)[0]
 
 
@@ -73,9 +86,27 @@ def _ccd_from_header(hdr: fits.Header) -> dict:
 def master_record(path: str | Path, settings: dict | None = None) -> dict:
     """Statistics and provenance of one master, from its headers and INPUTS table.
 
-    ``settings``: the master type's configuration section (recorded as its configuration).
     A master written before QC keywords existed gets its image statistics computed here
     (``qc_source`` says which); overscan and previous-night values are then absent.
+
+    Parameters
+    ----------
+    path : str or Path
+        The master file.
+    settings : dict, optional
+        The master type's configuration section (recorded as its configuration;
+        ``flag_min_count`` is used when statistics are computed, default 10).
+
+    Returns
+    -------
+    dict
+        JSON-safe (NaN -> None): the master's kind, type, object, file, date, PRIMARY
+        provenance (IMTYPE, NFRAMES, MINMJD and MAXMJD in days, INFOBITS, NSIGMA,
+        predecessors, previous, SOFTVER, CFGHASH, DATE), ``configuration``, ``qc_source``,
+        the ``inputs`` rows (MJD-OBS in days, EXPTIME in s) and, per CCD extension
+        (``ccds``), the QC statistics in its BUNIT with ``bunit``, ``nframes`` and ``shape``.
+        An unreadable file raises (astropy's error); :func:`assessed_record` turns that into
+        a record with an error.
     """
     path = Path(path)
     match = MASTER_NAME_RE.match(path.name)
@@ -156,10 +187,23 @@ def master_record(path: str | Path, settings: dict | None = None) -> dict:
 
 
 def check_record(record: dict, qa: dict, flag_fraction: float) -> list[str]:
-    """Warnings for one master record (:func:`master_record`) under the ``qa`` thresholds.
+    """Warnings for one master record under the ``qa`` thresholds.
 
-    ``qa`` is the whole ``qa`` configuration section; ``flag_fraction`` the configuration's
-    fraction of low-count pixels that sets an INFOBITS bit.
+    Parameters
+    ----------
+    record : dict
+        As returned by :func:`master_record`.
+    qa : dict
+        The whole ``qa`` configuration section (``max_median_change`` per type in the
+        image's units, ``max_previous_age_days``, ``max_rejected_fraction``,
+        ``warn_low_count``, ``max_read_noise`` in electrons).
+    flag_fraction : float
+        The configuration's fraction of low-count pixels that sets an INFOBITS bit.
+
+    Returns
+    -------
+    list of str
+        One line per warning, naming the master, the extension and the threshold.
     """
     warnings = []
     label = f"master {record['master']} of {record['date']}"
@@ -206,10 +250,27 @@ def check_record(record: dict, qa: dict, flag_fraction: float) -> list[str]:
 def assessed_record(
     path: str | Path, qa: dict | None, flag_fraction: float, settings: dict | None = None
 ) -> dict:
-    """:func:`master_record` with its ``warnings`` (:func:`check_record`).
+    """A master's record (:func:`master_record`) with its ``warnings`` (:func:`check_record`).
 
     QA never fails the night: a master whose record cannot be made (e.g. an unreadable file)
     gets a record with an ``error`` and a warning saying so.
+
+    Parameters
+    ----------
+    path : str or Path
+        The master file.
+    qa : dict
+        The ``qa`` configuration section.
+    flag_fraction : float
+        Fraction of low-count pixels that sets an INFOBITS bit.
+    settings : dict, optional
+        The master type's configuration section.
+
+    Returns
+    -------
+    dict
+        The record with ``warnings`` (list of str), or, on failure, a minimal record with
+        ``error`` and one warning.
     """
     path = Path(path)
     try:
@@ -245,9 +306,30 @@ def night_report(
 ) -> dict:
     """The night's QA document (written as ``kpf_<date>_masters_qa.json``).
 
-    ``settings``: configuration section of each master type; ``previews``: for each master
-    kind, {CCD: {figure: path}}; ``rejects``: the frames L0 -> 2D refused
-    (:func:`kpfmasters.plan.rejects.night_rejections`: name, problem, version, current).
+    Parameters
+    ----------
+    date : str
+        The night, ``YYYYMMDD``.
+    masters : list of str or Path
+        The night's master files.
+    qa : dict
+        The ``qa`` configuration section.
+    flag_fraction : float
+        Fraction of low-count pixels that sets an INFOBITS bit.
+    settings : dict, optional
+        Master type -> its configuration section.
+    previews : dict, optional
+        Master kind -> {CCD: {figure: path}}.
+    rejects : list of dict, optional
+        The frames L0 -> 2D refused (:func:`kpfmasters.plan.rejects.night_rejections`:
+        ``name``, ``problem``, ``version``, ``current``).
+
+    Returns
+    -------
+    dict
+        JSON-safe: ``date``, ``created`` (UTC, ISO 8601), ``software_version``, ``qa``,
+        ``flag_fraction``, ``masters`` (one record each, :func:`assessed_record`, with its
+        ``previews``), the night's ``rejects`` and all ``warnings``.
     """
     records = []
     all_warnings = []

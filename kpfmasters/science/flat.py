@@ -1,6 +1,6 @@
 """Master flat after stacking: lamp-pattern removal and per-orderlet normalisation.
 
-SPEC section 5, "Master flat, after stacking" (per CCD):
+The rules, per CCD (docs/reference.md, 'The master flat: normalisation'):
 
 1. L = the stack blurred with a 2-D Gaussian (``scipy.ndimage.gaussian_filter``, sigma 2.0,
    mode ``reflect``, truncate 4.0; NaN stack pixels count as 0); U = stack / L.
@@ -35,9 +35,18 @@ BINCOUNT_SPAN = 1 << 22
 class FlatResult:
     """Normalised flat of one CCD; every image has the stack's shape (rows, cols).
 
-    ``flat``: float64, dimensionless; ``unc``: float32, its uncertainty; ``lamp``: float64,
-    the smoothed stack L (stack units); ``norms``: orderlet value -> n_v; ``problems``: lines
-    for the log (e.g. an orderlet without any usable pixel).
+    Attributes
+    ----------
+    flat : ndarray, float64, shape (rows, cols)
+        The normalised flat (dimensionless); 1 where it was not normalised.
+    unc : ndarray, float32, shape (rows, cols)
+        Its uncertainty (dimensionless); 0 where the flat was set to 1.
+    lamp : ndarray, float64, shape (rows, cols)
+        The smoothed stack L (stack units: e-/s, DN/s for CA_HK).
+    norms : dict of int to float
+        Orderlet value -> n_v (dimensionless).
+    problems : list of str
+        Lines for the log (e.g. an orderlet without any usable pixel).
     """
 
     flat: np.ndarray
@@ -48,19 +57,41 @@ class FlatResult:
 
 
 def smooth_lamp(stack: np.ndarray, sigma: float) -> np.ndarray:
-    """L: ``stack`` (rows, cols) with non-finite pixels set to 0, Gaussian-blurred (float64).
+    """L: the stack with non-finite pixels set to 0, Gaussian-blurred.
 
     ``gaussian_filter`` with mode ``reflect`` and truncate 4.0 (scipy's defaults).
+
+    Parameters
+    ----------
+    stack : ndarray, shape (rows, cols)
+        The stacked flat (e-/s; DN/s for CA_HK); may hold NaN.
+    sigma : float
+        Standard deviation of the Gaussian, in pixels.
+
+    Returns
+    -------
+    ndarray, float64, shape (rows, cols)
+        L, in the stack's units.
     """
     filled = np.where(np.isfinite(stack), stack, 0.0).astype(np.float64, copy=False)
     return gaussian_filter(filled, sigma=sigma, mode="reflect", truncate=4.0)
 
 
 def key_mode(keys: np.ndarray) -> float:
-    """Most frequent value of ``keys`` (1-D, finite, integral float64); ties to the smaller.
+    """Most frequent value of ``keys``; ties go to the smaller.
 
     One bincount over the key range when it is at most :data:`BINCOUNT_SPAN` wide (the usual
     case), else a sort (``np.unique``).
+
+    Parameters
+    ----------
+    keys : ndarray, float64, shape (n,), n >= 1
+        Finite, integral values.
+
+    Returns
+    -------
+    float
+        The mode.
     """
     low, high = keys.min(), keys.max()
     if high - low < BINCOUNT_SPAN:
@@ -71,12 +102,39 @@ def key_mode(keys: np.ndarray) -> float:
 
 
 def rounded_mode(values: np.ndarray) -> float:
-    """Mode of ``rint(100 * values) / 100`` (1-D, finite, non-empty); ties to the smaller."""
+    """Mode of ``rint(100 * values) / 100``; ties go to the smaller.
+
+    Parameters
+    ----------
+    values : array_like, shape (n,), n >= 1
+        Finite values (converted to float64).
+
+    Returns
+    -------
+    float
+        The mode of the values rounded to 0.01.
+    """
     return key_mode(np.rint(100.0 * np.asarray(values, dtype=np.float64))) / 100.0
 
 
 def orderlet_values(mask: np.ndarray) -> list[int]:
-    """Orderlet values (1..255) present in the integer image ``mask``, ascending."""
+    """Orderlet values present in an order mask, ascending.
+
+    Parameters
+    ----------
+    mask : ndarray, integer, shape (rows, cols)
+        Orderlet of each pixel (0 off-trace).
+
+    Returns
+    -------
+    list of int
+        The values 1..255 that occur.
+
+    Raises
+    ------
+    ValueError
+        When a value is above 255.
+    """
     high = int(mask.max()) if mask.size else 0
     if high > MAX_LABEL:
         raise ValueError(f"mask value {high} is above {MAX_LABEL}; orderlets are 1..5")
@@ -84,11 +142,24 @@ def orderlet_values(mask: np.ndarray) -> list[int]:
 
 
 def orderlet_modes(labels: np.ndarray, keys: np.ndarray, values: list[int]) -> dict[int, float]:
-    """n_v = mode of ``keys`` / 100 over ``labels == v``, for each v of ``values`` present.
+    """n_v = mode of ``keys`` / 100 over ``labels == v``, for each orderlet v.
 
-    ``labels`` (orderlet of each usable pixel, 1..255) and ``keys`` (``rint(100 U)``) are
-    1-D of one length. With a narrow key range, one bincount over (label, key) pairs does
-    every orderlet at once; otherwise each orderlet is counted on its own.
+    With a narrow key range, one bincount over (label, key) pairs does every orderlet at
+    once; otherwise each orderlet is counted on its own. Ties go to the smaller key.
+
+    Parameters
+    ----------
+    labels : ndarray, integer, shape (n,)
+        Orderlet of each usable pixel (1..255).
+    keys : ndarray, float64, shape (n,)
+        ``rint(100 U)`` of the same pixels (integral values).
+    values : list of int
+        The orderlets wanted.
+
+    Returns
+    -------
+    dict of int to float
+        n_v (dimensionless) for each v of ``values`` that has at least one pixel.
     """
     if keys.size == 0:
         return {}
@@ -119,13 +190,35 @@ def normalize_flat(
     smooth_sigma: float,
     low_light_limit: float,
 ) -> FlatResult:
-    """Normalise a stacked flat (SPEC section 5); see the module docstring for the rules.
+    """Normalise a stacked flat; see the module docstring for the rules.
 
-    ``stack``: float64 (rows, cols), may hold NaN (treated like any non-finite value);
-    ``unc``: its uncertainty, same shape; ``mask``: integer orderlet image (values 0..255),
-    same shape, or None for one orderlet over the whole CCD. Values below 1 are off-trace.
     A pixel whose U is not finite (L <= 0 next to negative pixels) also gets flat 1, UNC 0.
     The usable pixels are gathered once into 1-D arrays, and all orderlets counted together.
+
+    Parameters
+    ----------
+    stack : ndarray, float64, shape (rows, cols)
+        The stacked flat (e-/s; DN/s for CA_HK); may hold NaN (treated like any non-finite
+        value).
+    unc : ndarray, shape (rows, cols)
+        Its uncertainty (same units).
+    mask : ndarray, integer, shape (rows, cols), or None
+        Orderlet image (values 0..255; below 1 is off-trace), or None for one orderlet over
+        the whole CCD.
+    smooth_sigma : float
+        Sigma of the Gaussian that makes L (pixels).
+    low_light_limit : float
+        Stack pixels below it (stack units) are not normalised (flat 1).
+
+    Returns
+    -------
+    FlatResult
+        The flat and its UNC (dimensionless), L, the n_v and the problems for the log.
+
+    Raises
+    ------
+    ValueError
+        When the shapes differ, or a mask value is above 255.
     """
     stack = np.asarray(stack, dtype=np.float64)
     unc = np.asarray(unc)
@@ -182,12 +275,31 @@ def normalize_flat(
 
 
 def load_order_mask(path: str | Path, extname: str, shape: tuple[int, int]) -> np.ndarray | None:
-    """Orderlet image (int8, values 0..5) of ``extname`` in the order-mask FITS file.
+    """Orderlet image of one CCD from the order-mask FITS file.
 
-    ``shape``: the CCD's (rows, cols). Returns None when the file has no such extension
-    (CA_HK never has one). Raises :class:`InputError` naming the file and extension when the
-    file cannot be read, the shape differs, or the values are not integers in 0..5; a file
-    cut short or with a damaged header is refused as a whole (never read as "no extension").
+    A file cut short or with a damaged header is refused as a whole (never read as "no
+    extension").
+
+    Parameters
+    ----------
+    path : str or Path
+        The order-mask FITS file (configuration key ``order_mask``).
+    extname : str
+        The CCD's extension (``GREEN_CCD``, ``RED_CCD``).
+    shape : tuple of int
+        The CCD's (rows, cols), in pixels.
+
+    Returns
+    -------
+    ndarray, int8, shape ``shape``, or None
+        Orderlet of each pixel (0 off-trace, 1..5 SKY, SCI1, SCI2, SCI3, CAL); None when the
+        file has no such extension (CA_HK never has one).
+
+    Raises
+    ------
+    InputError
+        Naming the file and extension when the file cannot be read, the extension has no
+        image, the shape differs, or the values are not integers in 0..5.
     """
     path = Path(path)
     try:

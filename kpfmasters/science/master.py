@@ -1,4 +1,6 @@
-"""Assembling a master FITS file (SPEC section 5) from its stacked 2D inputs.
+"""Assembling a master FITS file from its stacked 2D inputs.
+
+The file's layout is described in docs/reference.md, 'The master files'.
 
 One :class:`MasterJob` describes a master: its type, the used 2D frames in stacking order,
 the INPUTS rows of every picked frame, its settings, and the predecessor masters it is
@@ -53,10 +55,39 @@ STRUCTURAL = (
 class MasterJob:
     """Everything needed to make one master.
 
-    ``frames`` are the 2D files stacked, in stacking order; ``rows`` the INPUTS table rows of
-    every frame the selection picked (``USED`` false for those not stacked). ``settings`` is
-    the master's section of the configuration (``nsigma``, ``flag_min_count``,
-    ``extensions`` and, for the flat, ``smooth_sigma`` and ``low_light_limit``).
+    Attributes
+    ----------
+    mtype : str
+        Master type (``bias``, ``dark``, ``flat``, ``arclamp``).
+    date : str
+        The night, ``YYYYMMDD``.
+    output : str
+        Path of the master to write.
+    frames : list of str
+        The 2D files stacked, in stacking order.
+    rows : list of dict
+        The INPUTS table rows of every frame the selection picked (``USED`` false for those
+        not stacked): ``FILENAME``, ``L0FILE``, ``MJD_OBS`` (days), ``EXPTIME`` (s),
+        ``USED``, ``REASON``.
+    settings : dict
+        The master's section of the configuration (``nsigma``, ``flag_min_count``,
+        ``extensions`` and, for the flat, ``smooth_sigma`` and ``low_light_limit``).
+    stack : dict
+        The ``stack`` section of the configuration (``band_rows``, ``memory_mb`` in MiB).
+    flag_fraction : float
+        Fraction of low-count pixels that sets a CCD's INFOBITS bit.
+    obj : str or None
+        The OBJECT value (arclamps).
+    predecessors : dict of str to str
+        Master type -> path of the predecessor master used.
+    order_mask : str or None
+        The order-mask FITS file (the flat).
+    previous : str or None
+        The previous master of the same kind (QCPREV), as declared by the plan.
+    threads : int
+        Threads for the stack.
+    cfghash : str
+        ``CFGHASH`` to write.
     """
 
     mtype: str
@@ -76,12 +107,28 @@ class MasterJob:
 
 
 def read_verified(path: str | Path, extname: str) -> np.ndarray | None:
-    """Image ``extname`` of a predecessor master as float64, after checksum verification.
+    """One image of a predecessor master, after checksum verification.
 
-    Returns None when the file has no such extension; raises :class:`InputError` when the file
-    is unreadable or the extension's CHECKSUM/DATASUM are missing or do not match its bytes.
     The file is memory-mapped: the sums run over the extension's bytes where the page cache
     holds them, no other extension's data is touched, and only the image is copied.
+
+    Parameters
+    ----------
+    path : str or Path
+        The predecessor master.
+    extname : str
+        The extension (``GREEN_CCD``, ``RED_CCD``, ``CA_HK``).
+
+    Returns
+    -------
+    ndarray, float64, shape (rows, cols), or None
+        The image in its BUNIT; None when the file has no such extension.
+
+    Raises
+    ------
+    InputError
+        When the file is unreadable or the extension's CHECKSUM/DATASUM are missing or do
+        not match its bytes.
     """
     try:
         with warnings.catch_warnings():
@@ -108,7 +155,25 @@ def read_verified(path: str | Path, extname: str) -> np.ndarray | None:
 
 
 def frame_extensions(paths: list[str], wanted: list[str]) -> dict[str, list[int]]:
-    """For each wanted extension, the indices of the 2D frames that contain it."""
+    """For each wanted extension, the indices of the 2D frames that contain it.
+
+    Parameters
+    ----------
+    paths : list of str
+        The 2D files.
+    wanted : list of str
+        Extension names.
+
+    Returns
+    -------
+    dict of str to list of int
+        Extension -> indices into ``paths``, ascending.
+
+    Raises
+    ------
+    InputError
+        Naming a file that is not a readable 2D file.
+    """
     present: dict[str, list[int]] = {ext: [] for ext in wanted}
     for i, path in enumerate(paths):
         try:
@@ -123,10 +188,27 @@ def frame_extensions(paths: list[str], wanted: list[str]) -> dict[str, list[int]
 
 
 def make_preprocess(mtype: str, exptimes: list[float], calib: dict[str, np.ndarray]):
-    """Per-frame preprocessing of SPEC section 3 on a row band (float64, in place).
+    """The per-frame calibration applied to each row band before stacking.
 
     dark: (x - bias) / EXPTIME; flat: (x - bias) / EXPTIME - dark;
-    arclamp: ((x - bias) / EXPTIME - dark) / flat.
+    arclamp: ((x - bias) / EXPTIME - dark) / flat (docs/reference.md, 'Rules').
+
+    Parameters
+    ----------
+    mtype : str
+        Master type; a bias needs none.
+    exptimes : list of float
+        EXPTIME of each frame (s), in stacking order.
+    calib : dict of str to ndarray
+        ``bias`` (electrons), ``dark`` (e-/s) and ``flat`` (dimensionless) images, float64
+        (rows, cols), as the type needs (DN and DN/s for CA_HK).
+
+    Returns
+    -------
+    callable or None
+        ``preprocess(i, rows, band)`` for :func:`kpfmasters.science.stack.stack_files`: it
+        calibrates frame ``i``'s float64 band (rows in band, cols) in place and returns it;
+        None for a bias.
     """
     if mtype == "bias":
         return None
@@ -145,9 +227,19 @@ def make_preprocess(mtype: str, exptimes: list[float], calib: dict[str, np.ndarr
 
 
 def fits_order(array: np.ndarray, dtype) -> np.ndarray:
-    """``array`` as big-endian ``dtype`` (FITS byte order), swapped in place when possible.
+    """An array as big-endian ``dtype`` (FITS byte order), swapped in place when possible.
 
-    The caller must not use ``array`` afterwards: its bytes may have been swapped.
+    Parameters
+    ----------
+    array : ndarray
+        The image; the caller must not use it afterwards: its bytes may have been swapped.
+    dtype : dtype-like
+        The element type wanted (e.g. float64, float32, int32).
+
+    Returns
+    -------
+    ndarray
+        The same values as big-endian ``dtype``: ``array`` itself, a view of it, or a copy.
     """
     target = np.dtype(dtype).newbyteorder(">")
     if array.dtype == target:
@@ -162,7 +254,24 @@ def fits_order(array: np.ndarray, dtype) -> np.ndarray:
 
 
 def infobits_for(cnt: np.ndarray, min_count: int, fraction: float, ext: str) -> int:
-    """The ext's INFOBITS bit when more than ``fraction`` of pixels have CNT < min_count."""
+    """A CCD's INFOBITS bit, set when too many pixels have a low CNT.
+
+    Parameters
+    ----------
+    cnt : ndarray, int32, shape (rows, cols)
+        Values kept per pixel by the clipped stack.
+    min_count : int
+        CNT below it counts as low.
+    fraction : float
+        The bit is set when more than this fraction of pixels is low.
+    ext : str
+        The extension (``GREEN_CCD`` bit 0, ``RED_CCD`` bit 1, ``CA_HK`` bit 2).
+
+    Returns
+    -------
+    int
+        ``1 << bit`` or 0.
+    """
     low = np.count_nonzero(cnt < min_count) / cnt.size
     return (1 << CCD_BIT[ext]) if low > fraction else 0
 
@@ -170,6 +279,27 @@ def infobits_for(cnt: np.ndarray, min_count: int, fraction: float, ext: str) -> 
 def primary_header(
     job: MasterJob, first: fits.Header, used_rows: list[dict], nframes: int, infobits: int
 ) -> fits.Header:
+    """The master's PRIMARY header (docs/reference.md, 'PRIMARY header').
+
+    Parameters
+    ----------
+    job : MasterJob
+        The master.
+    first : astropy.io.fits.Header
+        PRIMARY header of the first 2D frame, copied without its structural keywords.
+    used_rows : list of dict
+        INPUTS rows of the stacked frames (``MJD_OBS`` in days).
+    nframes : int
+        Frames stacked.
+    infobits : int
+        The combined INFOBITS.
+
+    Returns
+    -------
+    astropy.io.fits.Header
+        With IMTYPE, OBJECT (arclamps), NFRAMES, MINMJD, MAXMJD, INFOBITS, NSIGMA, the INP*
+        keywords of the predecessors, SOFTVER, CFGHASH and DATE.
+    """
     header = first.copy()
     for key in STRUCTURAL:
         header.remove(key, ignore_missing=True, remove_all=True)
@@ -214,8 +344,22 @@ def _float(value) -> float:
 
 
 def inputs_table(rows: list[dict], notes: list[str] | None = None) -> fits.BinTableHDU:
-    """The INPUTS table: one row per picked frame; ``notes`` (e.g. an extension left out
-    and why) become COMMENT cards of its header."""
+    """The ``INPUTS`` table of a master (docs/reference.md, 'The `INPUTS` table').
+
+    Parameters
+    ----------
+    rows : list of dict
+        One row per frame the selection picked: ``FILENAME``, ``L0FILE``, ``MJD_OBS``
+        (days), ``EXPTIME`` (s), ``USED`` and optionally ``REASON``.
+    notes : list of str, optional
+        Lines written as COMMENT cards of the table's header (an extension left out, and
+        why).
+
+    Returns
+    -------
+    astropy.io.fits.BinTableHDU
+        Named ``INPUTS``; a missing MJD_OBS or EXPTIME is NaN.
+    """
 
     def width(key):
         return max([1, *(len(str(r[key]).encode()) for r in rows)])
@@ -239,6 +383,18 @@ def previous_of(job: MasterJob) -> tuple[Path | None, dict[str, float]]:
 
     A previous master that cannot be read costs only the comparison: it is logged and the
     master is written without QCPREV.
+
+    Parameters
+    ----------
+    job : MasterJob
+        The master; ``job.previous`` is the declared previous master or None.
+
+    Returns
+    -------
+    path : Path or None
+        The previous master, None when there is none or it cannot be read.
+    medians : dict of str to float
+        Its QCMEDIAN per CCD extension (image units).
     """
     if not job.previous:
         return None, {}
@@ -253,10 +409,18 @@ def previous_of(job: MasterJob) -> tuple[Path | None, dict[str, float]]:
 class StackedCCD:
     """One CCD of a master, ready to be written.
 
-    ``image``, ``unc``, ``cnt`` are the extension and its ``_UNC``/``_CNT`` HDUs (already in
-    FITS byte order); ``extras`` the post-stack images written after every UNC/CNT pair (the
-    flat's ``_STACK`` and ``_LAMP``); ``infobit`` its INFOBITS bit (0 when not set);
-    ``summary`` what the log and tests see of it.
+    Attributes
+    ----------
+    image, unc, cnt : astropy.io.fits.ImageHDU
+        The extension (float64) and its ``_UNC`` (float32) and ``_CNT`` (int32) HDUs, data
+        already in FITS byte order.
+    extras : list of astropy.io.fits.ImageHDU
+        The post-stack images written after every UNC/CNT pair (the flat's ``_STACK`` and
+        ``_LAMP``, float32).
+    infobit : int
+        Its INFOBITS bit (0 when not set).
+    summary : dict
+        What the log and tests see of it.
     """
 
     image: fits.ImageHDU
@@ -268,7 +432,23 @@ class StackedCCD:
 
 
 def check_frames(job: MasterJob) -> list[dict]:
-    """The INPUTS rows marked USED, checked against the 2D frames given (same order)."""
+    """The INPUTS rows marked USED, checked against the 2D frames given (same order).
+
+    Parameters
+    ----------
+    job : MasterJob
+        The master.
+
+    Returns
+    -------
+    list of dict
+        The rows of ``job.rows`` with ``USED`` true, in stacking order.
+
+    Raises
+    ------
+    ValueError
+        When their number or file names differ from ``job.frames``.
+    """
     used_rows = [r for r in job.rows if r["USED"]]
     if len(used_rows) != len(job.frames):
         raise ValueError(
@@ -300,7 +480,25 @@ def lacking_predecessor(job: MasterJob, ext: str) -> str:
 
 
 def calibration_images(job: MasterJob, ext: str) -> dict[str, np.ndarray]:
-    """Extension ``ext`` of each predecessor master (bias, dark, flat), float64, verified."""
+    """One extension of each predecessor master the type is calibrated with, verified.
+
+    Parameters
+    ----------
+    job : MasterJob
+        The master; ``job.predecessors`` gives the files.
+    ext : str
+        The extension.
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``bias`` / ``dark`` / ``flat`` -> float64 image (rows, cols) in its BUNIT.
+
+    Raises
+    ------
+    InputError
+        When a predecessor lacks the extension or fails verification (:func:`read_verified`).
+    """
     calib = {}
     for mtype in product(job.mtype).predecessors:
         image = read_verified(job.predecessors[mtype], ext)
@@ -314,7 +512,32 @@ def calibration_images(job: MasterJob, ext: str) -> dict[str, np.ndarray]:
 
 
 def stack_ccd(job: MasterJob, ext: str, paths: list[str], exptimes: list[float]) -> StackResult:
-    """Calibrate (per the product type) and clip-stack extension ``ext`` of ``paths``."""
+    """Calibrate (per the product type) and clip-stack one extension of the frames.
+
+    Parameters
+    ----------
+    job : MasterJob
+        The master (settings, stack budget, threads, predecessors).
+    ext : str
+        The extension.
+    paths : list of str
+        The 2D frames that have it, in stacking order.
+    exptimes : list of float
+        Their EXPTIME (s).
+
+    Returns
+    -------
+    StackResult
+        AVG (float64), UNC (float32), CNT (int32), each (rows, cols), in the units of the
+        calibrated frames: electrons for a bias, e-/s for the others (DN and DN/s for
+        CA_HK); the flat is normalised afterwards.
+
+    Raises
+    ------
+    InputError
+        Naming a frame that cannot be read, or a predecessor that lacks the extension, fails
+        verification or has another shape.
+    """
     calib = calibration_images(job, ext)
     pre = make_preprocess(job.mtype, exptimes, calib)
     nsigma = float(job.settings["nsigma"])
@@ -340,8 +563,30 @@ def stack_ccd(job: MasterJob, ext: str, paths: list[str], exptimes: list[float])
 def normalize_flat_step(job: MasterJob, ext: str, result: StackResult):
     """Post-stack step of the flat: per-orderlet normalisation with the order mask.
 
-    Returns ``(flat, unc, extras, info)``: the normalised flat and its UNC, the ``_STACK``
-    and ``_LAMP`` images (GREEN and RED only) and the orderlet norms for the summary.
+    Parameters
+    ----------
+    job : MasterJob
+        The flat (``order_mask``, ``smooth_sigma``, ``low_light_limit``).
+    ext : str
+        The extension.
+    result : StackResult
+        Its stack (e-/s; DN/s for CA_HK); ``result.avg`` is released.
+
+    Returns
+    -------
+    flat : ndarray, float64, shape (rows, cols)
+        The normalised flat (dimensionless).
+    unc : ndarray, float32, shape (rows, cols)
+        Its uncertainty.
+    extras : list of astropy.io.fits.ImageHDU
+        The ``_STACK`` and ``_LAMP`` images (float32; GREEN and RED only).
+    info : dict
+        ``norms``: orderlet -> n_v, for the summary.
+
+    Raises
+    ------
+    InputError
+        When the order mask cannot be used (:func:`kpfmasters.science.flat.load_order_mask`).
     """
     data = result.avg
     masked = job.order_mask and ext in MASKED  # only GREEN/RED of the mask are read
@@ -378,7 +623,34 @@ def ccd_header(
     previous: Path | None,
     previous_median: float | None,
 ) -> tuple[fits.Header, dict]:
-    """Header of CCD extension ``ext`` (BUNIT, NFRAMES, MINMJD, MAXMJD, QC*), and its QC."""
+    """Header of one CCD extension, and its QC statistics.
+
+    Parameters
+    ----------
+    job : MasterJob
+        The master.
+    ext : str
+        The extension.
+    paths : list of str
+        The 2D frames stacked for it.
+    mjds : list of float
+        Their MJD-OBS (days).
+    data, unc : ndarray, shape (rows, cols)
+        The extension's image and uncertainty (master units).
+    cnt : ndarray, int32, shape (rows, cols)
+        Values kept per pixel.
+    previous : Path or None
+        The previous master, for QCPREV.
+    previous_median : float or None
+        Its median of this extension (master units).
+
+    Returns
+    -------
+    header : astropy.io.fits.Header
+        BUNIT, NFRAMES, MINMJD, MAXMJD and the QC* keywords.
+    qc : dict
+        The statistics (:func:`kpfmasters.science.qcstats.ccd_statistics`).
+    """
     bunit_ccd, bunit_hk = product(job.mtype).units
     hdr = fits.Header()
     hdr["BUNIT"] = bunit_hk if ext == "CA_HK" else bunit_ccd
@@ -409,7 +681,33 @@ def make_ccd(
     previous: Path | None,
     previous_medians: dict[str, float],
 ) -> StackedCCD:
-    """Stack, post-process and describe one CCD of the master (frames ``members``)."""
+    """Stack, post-process and describe one CCD of the master.
+
+    Parameters
+    ----------
+    job : MasterJob
+        The master.
+    ext : str
+        The extension.
+    members : list of int
+        Indices into ``job.frames`` of the frames that have it.
+    used_rows : list of dict
+        INPUTS rows of ``job.frames`` (``EXPTIME`` in s, ``MJD_OBS`` in days).
+    previous : Path or None
+        The previous master, for QCPREV.
+    previous_medians : dict of str to float
+        Its median per extension (master units).
+
+    Returns
+    -------
+    StackedCCD
+        The HDUs, the INFOBITS bit and the summary.
+
+    Raises
+    ------
+    InputError
+        From the stack, the predecessors or the order mask, naming the file.
+    """
     paths = [job.frames[i] for i in members]
     exptimes = [float(used_rows[i]["EXPTIME"]) for i in members]
     result = stack_ccd(job, ext, paths, exptimes)
@@ -448,9 +746,29 @@ def assemble_hdus(
     previous: Path | None,
     notes: list[str] | None = None,
 ) -> fits.HDUList:
-    """The master's HDUs in file order: PRIMARY, the CCDs, their UNC/CNT pairs, the
-    post-stack images, INPUTS (``notes`` as its COMMENT cards). Sets the combined INFOBITS
-    in every CCD extension."""
+    """The master's HDUs in file order (docs/reference.md, 'HDUs, in file order').
+
+    PRIMARY, the CCDs, their UNC/CNT pairs, the post-stack images, INPUTS. Sets the
+    combined INFOBITS in every CCD extension, and BUNIT in every UNC.
+
+    Parameters
+    ----------
+    job : MasterJob
+        The master.
+    ccds : dict of str to StackedCCD
+        The CCDs, in file order.
+    used_rows : list of dict
+        INPUTS rows of the stacked frames.
+    previous : Path or None
+        The previous master, for QCPREV in PRIMARY.
+    notes : list of str, optional
+        COMMENT cards of INPUTS (:func:`inputs_table`).
+
+    Returns
+    -------
+    astropy.io.fits.HDUList
+        The file's HDUs.
+    """
     infobits = 0
     for ccd in ccds.values():
         infobits |= ccd.infobit
@@ -477,9 +795,25 @@ def build_master(job: MasterJob) -> dict:
 
     Steps: check the frames against the INPUTS rows; for each wanted CCD extension present
     in the frames, stack it (:func:`make_ccd`); assemble the HDUs (:func:`assemble_hdus`);
-    write. Returns a summary for logs and tests: ``output``, ``nframes``, ``infobits`` and,
-    per extension, ``nframes``, ``median``, ``low_count_fraction``, ``qc`` (and the flat's
-    ``norms``).
+    write.
+
+    Parameters
+    ----------
+    job : MasterJob
+        The master.
+
+    Returns
+    -------
+    dict
+        A summary for logs and tests: ``output``, ``nframes``, ``infobits`` and, per
+        extension (``extensions``), ``nframes``, ``median``, ``low_count_fraction``, ``qc``
+        (and the flat's ``norms``).
+
+    Raises
+    ------
+    InputError
+        Naming the file: an unreadable frame or predecessor, an unusable order mask, or no
+        wanted extension present in the frames.
     """
     used_rows = check_frames(job)
     wanted = list(job.settings["extensions"])

@@ -37,6 +37,20 @@ def stats_pixels(mtype: str, data: np.ndarray, unc: np.ndarray | None) -> np.nda
 
     Finite pixels; for the flat only its normalised pixels (UNC > 0): elsewhere the flat is
     1.0 by definition (off the traces, below the low-light limit) and would hide the traces.
+
+    Parameters
+    ----------
+    mtype : str
+        Master type (``bias``, ``dark``, ``flat``, ``arclamp``).
+    data : ndarray, shape (rows, cols)
+        The master's image of one CCD.
+    unc : ndarray, shape (rows, cols), or None
+        Its uncertainty image (used for the flat only).
+
+    Returns
+    -------
+    ndarray, bool, shape (rows, cols)
+        True for the pixels counted.
     """
     good = np.isfinite(data)
     if mtype == "flat" and unc is not None:
@@ -45,7 +59,18 @@ def stats_pixels(mtype: str, data: np.ndarray, unc: np.ndarray | None) -> np.nda
 
 
 def robust_median_noise(values: np.ndarray) -> tuple[float, float]:
-    """(median, 1.4826 * MAD) of a 1-D float array (NaN, NaN when empty). Works in place."""
+    """Median and robust noise (1.4826 * median absolute deviation) of some values.
+
+    Parameters
+    ----------
+    values : ndarray, shape (n,)
+        The values (a float64 array is overwritten: the work is done in place).
+
+    Returns
+    -------
+    median, noise : float
+        In the values' units; (NaN, NaN) when ``values`` is empty.
+    """
     if values.size == 0:
         return math.nan, math.nan
     values = np.asarray(values, dtype=np.float64)
@@ -56,10 +81,20 @@ def robust_median_noise(values: np.ndarray) -> tuple[float, float]:
 
 
 def overscan_summary(headers: list[fits.Header]) -> tuple[list[float], list[float]]:
-    """Per amplifier: mean of the inputs' OSCANVn and median of their OSCANNn (electrons).
+    """Per amplifier: mean of the inputs' OSCANVn and median of their OSCANNn.
 
     Amplifier n is reported while every input header has the keyword; 2D files written before
     OSCANN existed give no read noise.
+
+    Parameters
+    ----------
+    headers : list of astropy.io.fits.Header
+        One CCD extension's header of each 2D input.
+
+    Returns
+    -------
+    levels, noises : list of float
+        Overscan level and read noise (electrons) of amplifiers 1, 2, ... (at most 4).
     """
     levels, noises = [], []
     if not headers:
@@ -78,7 +113,20 @@ def overscan_summary(headers: list[fits.Header]) -> tuple[list[float], list[floa
 
 
 def read_frame_headers(paths: list[str], ext: str) -> list[fits.Header]:
-    """``ext``'s header of each 2D input (only headers are read)."""
+    """One extension's header of each 2D input (only headers are read).
+
+    Parameters
+    ----------
+    paths : list of str
+        The 2D files.
+    ext : str
+        The extension (``GREEN_CCD``, ``RED_CCD``, ``CA_HK``).
+
+    Returns
+    -------
+    list of astropy.io.fits.Header
+        Copies, in the order of ``paths``.
+    """
     out = []
     for path in paths:
         with fits.open(path, lazy_load_hdus=True) as hdul:
@@ -96,7 +144,35 @@ def ccd_statistics(
     frame_headers: list[fits.Header] | None = None,
     previous_median: float | None = None,
 ) -> dict:
-    """QC statistics of one CCD of a master (see the module docstring for each)."""
+    """QC statistics of one CCD of a master (see the module docstring for each).
+
+    Parameters
+    ----------
+    mtype : str
+        Master type (``bias``, ``dark``, ``flat``, ``arclamp``).
+    data : ndarray, shape (rows, cols)
+        The master's image (its BUNIT: electrons, electrons/sec, dimensionless; DN or DN/sec
+        for CA_HK).
+    unc : ndarray, shape (rows, cols), or None
+        Its uncertainty image (selects the flat's normalised pixels).
+    cnt : ndarray, int32, shape (rows, cols)
+        Values kept per pixel by the clipped stack.
+    nframes : int
+        Frames stacked.
+    flag_min_count : int
+        CNT below it counts as low.
+    frame_headers : list of astropy.io.fits.Header, optional
+        The extension's header of each input (overscan keywords).
+    previous_median : float, optional
+        QCMEDIAN of the previous master (same units as ``data``).
+
+    Returns
+    -------
+    dict
+        ``median``, ``noise`` (image units), ``npix_stats``, ``low_count_fraction``,
+        ``rejected_fraction``, ``overscan_level`` and ``read_noise`` (lists, electrons),
+        ``previous_median`` and ``median_change`` (image units, or None).
+    """
     good = stats_pixels(mtype, data, unc)
     median, noise = robust_median_noise(np.asarray(data)[good])
     npix = cnt.size
@@ -122,8 +198,20 @@ def _finite(value) -> bool:
 
 
 def qc_cards(stats: dict, previous: str | None = None) -> list[tuple[str, object, str]]:
-    """Header cards (keyword, value, comment) of :func:`ccd_statistics`; non-finite values
-    are left out (FITS headers cannot hold NaN)."""
+    """Header cards of :func:`ccd_statistics`; non-finite values are left out.
+
+    Parameters
+    ----------
+    stats : dict
+        As returned by :func:`ccd_statistics`.
+    previous : str, optional
+        File name of the previous master; QCPREV, QCPMED and QCDMED only with it.
+
+    Returns
+    -------
+    list of (str, object, str)
+        (keyword, value, comment) in header order (FITS headers cannot hold NaN).
+    """
     cards = []
 
     def add(key, value, comment):
@@ -147,7 +235,18 @@ def qc_cards(stats: dict, previous: str | None = None) -> list[tuple[str, object
 
 
 def master_medians(path: str | Path) -> dict[str, float]:
-    """QCMEDIAN of each CCD extension of a master (computed when a file predates QC)."""
+    """QCMEDIAN of each CCD extension of a master (computed when a file predates QC).
+
+    Parameters
+    ----------
+    path : str or Path
+        A master file.
+
+    Returns
+    -------
+    dict of str to float
+        Extension name -> median (image units), for the CCD extensions present.
+    """
     out = {}
     with fits.open(path, memmap=True) as hdul:
         for ext in CCD_EXTS:

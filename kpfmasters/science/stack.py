@@ -1,4 +1,6 @@
-"""The clipped stack of SPEC section 4: in memory, or streamed from FITS files in row bands.
+"""The clipped stack: in memory, or streamed from FITS files in row bands.
+
+The rule and its choices are described in docs/reference.md, 'The clipped stack'.
 
 Per pixel, over the N frames' values x_i (NaN = missing): m = median, p16 and p84 = the 16th
 and 84th percentiles with NumPy's default linear interpolation, s = 0.5 * (p84 - p16); keep
@@ -11,10 +13,10 @@ AVG and UNC. Arithmetic is float64 whatever the input precision.
 - :func:`stack_files` streams one image extension of N FITS files in row bands, so memory
   does not grow with N beyond the band buffer (``memory_mb``), optionally calibrating each
   frame's band on the way (``preprocess``).
-- :func:`reference_stack` is a plain NumPy implementation of the same rule, for tests.
+- ``tests/reference.py`` holds a plain NumPy implementation of the same rule, for tests.
 
-Both fast paths run the numba kernel of :mod:`kpfmasters.science.stack_kernel`; results are bit for
-bit the same for any band height and thread count.
+Both run the numba kernel of :mod:`kpfmasters.science.stack_kernel`; results are bit for bit
+the same for any band height and thread count.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from kpfmasters.science.stack_kernel import RAW_BUFFER, stack_frames, stack_rows
 log = logging.getLogger(__name__)
 
 #: c = k * ROBUST_SCALE converts the clip k (in units of s = half the p16..p84 width) to
-#: standard deviations of a normal distribution (SPEC section 4).
+#: standard deviations of a normal distribution (docs/reference.md, 'The clipped stack').
 ROBUST_SCALE = 0.9944579
 
 #: BITPIX of FITS integer images -> their stored (big-endian) dtype
@@ -77,11 +79,27 @@ class StackResult:
 
 
 def clip_correction(nsigma: float) -> float:
-    """cf(k) = 1 / (1 - 2 c phi(c) / (2 Phi(c) - 1)), c = k * 0.9944579 (dimensionless).
+    """The variance correction cf(k) of the clipped stack.
 
-    The factor by which the variance of a unit normal shrinks when it is clipped at +/- c,
-    inverted: multiplying the kept values' variance by it restores the variance before
-    clipping. ``2 Phi(c) - 1 = erf(c / sqrt(2))``. cf(2.1) = 1.24289, cf(2.4) = 1.12646.
+    cf(k) = 1 / (1 - 2 c phi(c) / (2 Phi(c) - 1)), c = k * 0.9944579: the factor by which
+    the variance of a unit normal shrinks when it is clipped at +/- c, inverted; multiplying
+    the kept values' variance by it restores the variance before clipping.
+    ``2 Phi(c) - 1 = erf(c / sqrt(2))``. cf(2.1) = 1.24289, cf(2.4) = 1.12646.
+
+    Parameters
+    ----------
+    nsigma : float
+        The clip k (> 0, finite), in units of s = half the p16..p84 width.
+
+    Returns
+    -------
+    float
+        cf(k) (dimensionless, > 1).
+
+    Raises
+    ------
+    ValueError
+        When ``nsigma`` is not a positive finite number.
     """
     k = float(nsigma)
     if not math.isfinite(k) or k <= 0:
@@ -115,6 +133,17 @@ def stack_cube(
         numba threads for this call (None: numba's default, all cores).
     limits : bool
         Also return the clip limits (``StackResult.low`` / ``high``).
+
+    Returns
+    -------
+    StackResult
+        AVG (float64), UNC (float32) and CNT (int32), each (rows, cols), in the cube's
+        units; the number of values rejected; the limits when asked for.
+
+    Raises
+    ------
+    ValueError
+        When the cube is not (N >= 1, rows, cols), or ``nsigma`` or ``threads`` is invalid.
     """
     arr = np.asarray(cube)
     if arr.ndim != 3 or arr.shape[0] < 1:
@@ -397,7 +426,31 @@ def _pread_into(fd: int, target: np.ndarray, offset: int) -> int:
 
 
 def band_height(nframes: int, cols: int, itemsize: int, memory_mb: int, rows: int) -> int:
-    """Rows per band so that the (N, band, cols) buffer of ``itemsize`` bytes fits memory_mb."""
+    """Rows per band so that the (N, band, cols) band buffer fits the memory budget.
+
+    Parameters
+    ----------
+    nframes : int
+        N, the frames stacked.
+    cols : int
+        Columns of an image (pixels).
+    itemsize : int
+        Bytes per buffer element (4 or 8).
+    memory_mb : int
+        Budget of the buffer in MiB (> 0).
+    rows : int
+        Rows of an image (pixels): the most a band can have.
+
+    Returns
+    -------
+    int
+        Rows per band, 1..``rows`` (at least 1 even when one row exceeds the budget).
+
+    Raises
+    ------
+    ValueError
+        When ``memory_mb`` is not positive.
+    """
     if memory_mb <= 0:
         raise ValueError(f"memory_mb must be positive, got {memory_mb}")
     per_row = max(1, nframes * cols * itemsize)
@@ -445,6 +498,12 @@ def stack_files(
         buffer (None: all cores). Results do not depend on it.
     mmap_ok : bool
         Allow the zero-copy path (below); False always copies into the band buffer.
+
+    Returns
+    -------
+    StackResult
+        AVG (float64), UNC (float32) and CNT (int32), each (rows, cols) of the inputs'
+        image, in the units of the (preprocessed) inputs, and the number of values rejected.
 
     Reading: without ``preprocess``, plain float32/float64 files are memory-mapped a band at
     a time and the kernel reads their big-endian bytes where the page cache holds them (no
@@ -572,8 +631,23 @@ def stack_files(
 
 
 def gather_workers(threads: int | None, nframes: int, inputs: list[_Input]) -> int:
-    """Threads that gather a band: ``threads`` (None: the usable cores), at most one per
-    frame, and 1 when any input is tile-compressed (astropy's reader is not shared safely)."""
+    """Threads that gather the frames of a band into the buffer.
+
+    Parameters
+    ----------
+    threads : int or None
+        Threads asked for (None: the cores this process may use).
+    nframes : int
+        Frames in a band: at most one thread each.
+    inputs : list of _Input
+        The opened inputs; any tile-compressed one forces a single thread (astropy's reader
+        is not shared safely).
+
+    Returns
+    -------
+    int
+        The number of threads, >= 1.
+    """
     if any(inp.kind != "image" for inp in inputs):
         return 1
     if threads is None:

@@ -1,4 +1,6 @@
-"""The numba kernel of the clipped stack (SPEC section 4), and the small helpers around it.
+"""The numba kernel of the clipped stack, and the small helpers around it.
+
+The clipped stack itself is described in docs/reference.md, 'The clipped stack'.
 
 What the kernel computes, per pixel over the N frames' values (NaN = missing): the median m,
 the 16th and 84th percentiles with NumPy's default ('linear') interpolation, the half width
@@ -77,7 +79,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-# Quantiles of SPEC section 4, computed as np.percentile computes them (q / 100).
+# Quantiles of the clipped stack (p16, p84), computed as np.percentile computes them (q / 100).
 Q16 = 16 / 100
 Q84 = 84 / 100
 # Columns per parallel work item: small enough for many items per band row, large enough to
@@ -91,6 +93,19 @@ def cache_fallback(package_dir: str, environ) -> str | None:
     numba tries, in order, ``NUMBA_CACHE_DIR``, the package's ``__pycache__`` and a user-wide
     directory (``$XDG_CACHE_HOME/numba`` or ``~/.cache/numba``). When the variable is unset and
     neither directory can be written, the fallback is ``<tmp>/kpfmasters-numba-<uid>``.
+
+    Parameters
+    ----------
+    package_dir : str
+        Directory of this module (its ``__pycache__`` is numba's first choice).
+    environ : mapping
+        The environment (``os.environ``); read only.
+
+    Returns
+    -------
+    str or None
+        The fallback directory (made when missing); None when numba already has a writable
+        cache directory, or when the fallback cannot be written either.
     """
     if environ.get("NUMBA_CACHE_DIR"):
         return None
@@ -189,7 +204,18 @@ BUFFER_DTYPES = (np.uint32, np.uint64, np.float32, np.float64)
 
 
 def sort_dtype(buffer_dtype) -> np.dtype:
-    """Precision the kernel sorts a buffer's values in: that of the values (exact)."""
+    """Precision the kernel sorts a buffer's values in: that of the values (exact).
+
+    Parameters
+    ----------
+    buffer_dtype : dtype-like
+        One of :data:`BUFFER_DTYPES`.
+
+    Returns
+    -------
+    numpy.dtype
+        float32 for uint32 (big-endian float32 bits) and float32 buffers, else float64.
+    """
     dt = np.dtype(buffer_dtype)
     return np.dtype(np.float32) if dt in (np.uint32, np.float32) else np.dtype(np.float64)
 
@@ -203,10 +229,25 @@ def sort_dtype(buffer_dtype) -> np.dtype:
 def batcher_network(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Comparators of Batcher's odd-even merge sort for ``n`` values.
 
-    Returns two int32 arrays ``(a, b)`` of equal length, with ``a[c] < b[c]``: applying
-    ``x[a], x[b] = min, max`` for c in order sorts any ``n`` values ascending. Built for the
-    next power of two; comparators that touch an index >= n are dropped (equivalent to padding
-    with +inf, which no comparator moves). About n/4 * log2(n)^2 comparators.
+    Built for the next power of two; comparators that touch an index >= n are dropped
+    (equivalent to padding with +inf, which no comparator moves). About n/4 * log2(n)^2
+    comparators.
+
+    Parameters
+    ----------
+    n : int
+        Number of values to sort (>= 0).
+
+    Returns
+    -------
+    a, b : ndarray, int32, shape (ncomparators,)
+        With ``a[c] < b[c]``: applying ``x[a], x[b] = min, max`` for c in order sorts any
+        ``n`` values ascending.
+
+    Raises
+    ------
+    ValueError
+        When ``n`` is negative.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
@@ -235,6 +276,18 @@ def prune_network(a: np.ndarray, b: np.ndarray, ranks) -> tuple[np.ndarray, np.n
     Walking the network backwards, a comparator matters when either of its wires is read later
     (by a kept comparator or as an output); then both its inputs matter. The values the pruned
     network leaves at ``ranks`` are exactly those of the full network.
+
+    Parameters
+    ----------
+    a, b : ndarray, int32, shape (ncomparators,)
+        A sorting network (:func:`batcher_network`).
+    ranks : iterable of int
+        The ranks (0-based positions after sorting) that are read.
+
+    Returns
+    -------
+    a, b : ndarray, int32, shape (nkept,)
+        The comparators kept, in their original order (C-contiguous copies).
     """
     needed = set(int(r) for r in ranks)
     keep = np.zeros(len(a), dtype=bool)
@@ -270,10 +323,21 @@ def _percentile_index(n: int, q: float) -> tuple[int, int, float]:
 def rank_tables(nmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per valid count n = 0..nmax, the ranks and weights the kernel reads.
 
-    Returns ``(med_lo, med_hi, q_lo, q_hi, q_gamma)``: int64 arrays of shape (nmax + 1,) with
-    the two middle ranks (equal for odd n), and int64 / float64 arrays of shape (2, nmax + 1)
-    with the neighbouring ranks and the interpolation weight of p16 (row 0) and p84 (row 1).
-    Row n = 0 is unused (all-missing pixels give NaN).
+    Parameters
+    ----------
+    nmax : int
+        The largest count: the number of frames.
+
+    Returns
+    -------
+    med_lo, med_hi : ndarray, int64, shape (nmax + 1,)
+        The two middle ranks of n values (equal for odd n).
+    q_lo, q_hi : ndarray, int64, shape (2, nmax + 1)
+        The neighbouring ranks of p16 (row 0) and p84 (row 1).
+    q_gamma : ndarray, float64, shape (2, nmax + 1)
+        Their interpolation weights, as NumPy's 'linear' method computes them.
+
+    Index n = 0 is unused (all-missing pixels give NaN).
     """
     med_lo = np.zeros(nmax + 1, dtype=np.int64)
     med_hi = np.zeros(nmax + 1, dtype=np.int64)
@@ -290,9 +354,21 @@ def rank_tables(nmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
 
 @functools.lru_cache(maxsize=64)
 def networks(nframes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(pruned a, pruned b, full a, full b) comparator arrays for ``nframes`` frames.
+    """The sorting networks of the kernel for ``nframes`` frames.
 
     The pruned network serves tiles where every pixel has all values; the full one the rest.
+
+    Parameters
+    ----------
+    nframes : int
+        N, the frames stacked (>= 1).
+
+    Returns
+    -------
+    tuple of four ndarray, int32
+        ``(pruned a, pruned b, full a, full b)``: the comparators that can influence the
+        median, p16 and p84 of N values (:func:`prune_network`), and the full network
+        (:func:`batcher_network`).
     """
     full_a, full_b = batcher_network(nframes)
     med_lo, med_hi, q_lo, q_hi, _ = rank_tables(nframes)
@@ -307,6 +383,16 @@ def tile_width(nframes: int) -> int:
 
     64 measured best for N = 10 to 100 on the development machine (the sorting network runs
     at about 0.2 cycles per value and comparator with 64-pixel rows).
+
+    Parameters
+    ----------
+    nframes : int
+        N, the frames stacked.
+
+    Returns
+    -------
+    int
+        Tile width in pixels: a multiple of 8 in 8..64.
     """
     width = (512 * 1024) // (12 * max(nframes, 1))
     return int(min(64, max(8, width // 8 * 8)))
@@ -519,6 +605,18 @@ def stack_rows(
     limits : ndarray float64 (2, nrows, cols), C-contiguous, or None
         When given, receives the clip limits m - k*s (row 0) and m + k*s (row 1) per pixel
         (NaN where no value is valid); for tests and diagnostics.
+
+    Returns
+    -------
+    int
+        Valid (non-NaN) values rejected by the clip, summed over the rows' pixels.
+
+    Raises
+    ------
+    TypeError
+        When ``buf`` or an output has the wrong dtype, dimensions or layout.
+    ValueError
+        When ``nrows`` is outside 0..rows.
     """
     if buf.dtype not in BUFFER_DTYPES or buf.ndim != 3 or not buf.flags.c_contiguous:
         raise TypeError("buf must be a C-contiguous 3-D float32/float64/uint32/uint64 array")
@@ -561,12 +659,37 @@ def stack_frames(
 ) -> int:
     """Run the kernel on N frames given by address; return the number of values rejected.
 
-    ``frames`` int64 (N,): the address of row 0 of each frame's band; row r of frame i starts
-    ``r * row_bytes`` bytes further and holds ``ncols`` elements of ``dtype`` (one of
-    :data:`BUFFER_DTYPES`). The memory must stay mapped and readable during the call (the
-    caller holds it; ``keepalive`` is only kept referenced). Other parameters as in
-    :func:`stack_rows`. This is how :func:`kpfmasters.science.stack.stack_files` stacks straight
-    from memory-mapped files, without copying them into a buffer.
+    This is how :func:`kpfmasters.science.stack.stack_files` stacks straight from
+    memory-mapped files, without copying them into a buffer.
+
+    Parameters
+    ----------
+    frames : ndarray, int64, shape (N,), N >= 1
+        The address of row 0 of each frame's band. The memory must stay mapped and
+        readable during the call (the caller holds it).
+    row_bytes : int
+        Bytes from one row of a frame to the next (>= ``ncols * dtype.itemsize``).
+    dtype : dtype-like
+        Element type of the frames, one of :data:`BUFFER_DTYPES` (uint32 / uint64: the
+        big-endian bits of float32 / float64 FITS data).
+    nrows, ncols : int
+        Rows and columns (pixels) of the band.
+    nsigma, cf, avg, unc, cnt, threads, limits
+        As in :func:`stack_rows`.
+    keepalive : object, optional
+        Only kept referenced during the call (e.g. the buffer the addresses point into).
+
+    Returns
+    -------
+    int
+        Valid (non-NaN) values rejected by the clip, summed over the band's pixels.
+
+    Raises
+    ------
+    TypeError
+        When ``dtype`` or an output has the wrong dtype, dimensions or layout.
+    ValueError
+        When no frame is given or ``row_bytes`` is too small.
     """
     dtype = np.dtype(dtype)
     frames = np.ascontiguousarray(frames, dtype=np.int64)
