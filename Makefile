@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check kpfmasters scripts tests bench
 	$(BIN)/ruff format --check kpfmasters scripts tests bench
 	$(BIN)/snakefmt --check Snakefile rules
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint --config date=20230606 l0_root=/tmp work_root=/tmp masters_root=/tmp order_mask=/tmp/mask.fits
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint --config date=20230606 l0_root=/tmp/kpfm-lint/L0 work_root=/tmp/kpfm-lint/work masters_root=/tmp/kpfm-lint/masters order_mask=/tmp/kpfm-lint/mask.fits
 
 format: $(STAMP)
 	$(BIN)/ruff format kpfmasters scripts tests bench

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from kpfmasters import __version__
@@ -62,9 +63,26 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The reader went away (``kpfmasters select ... | head``): not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KPFMastersError as exc:
         print(f"kpfmasters {args.command}: error: {exc}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 1))
+    except OSError as exc:
+        # The system refused (unwritable or full disk, missing directory): one line, the
+        # file and the reason, never a traceback.
+        where = exc.filename or ""
+        what = exc.strerror or str(exc)
+        print(
+            f"kpfmasters {args.command}: error: {where}{': ' if where else ''}{what}",
+            file=sys.stderr,
+        )
         return 1
 
 

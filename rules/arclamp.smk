@@ -2,6 +2,7 @@ rule master_arclamp:
     """Stack calibrated arclamp frames of one OBJECT (the file name carries its tag)."""
     input:
         frames=frames_2d("arclamp"),
+        settings=settings_stamp("arclamp"),
         previous=previous_master("arclamp"),
         bias=predecessor("bias"),
         dark=predecessor("dark"),

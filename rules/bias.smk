@@ -2,6 +2,7 @@ rule master_bias:
     """Stack the night's bias frames (SPEC sections 3-5)."""
     input:
         frames=frames_2d("bias"),
+        settings=settings_stamp("bias"),
         previous=previous_master("bias"),
     output:
         f"{MASTERS}/{{date}}/kpf_{{date}}_master_bias.fits",

@@ -13,18 +13,19 @@ os.environ.update(
 )
 
 from snakemake.logging import logger
-from snakemake.utils import validate
 
 from kpfmasters import __version__
 from kpfmasters.plan import plans as ws
-from kpfmasters.core.config import normalize_config
+from kpfmasters.core.config import normalize_config, validate_config
 from kpfmasters.core.errors import KPFMastersError
 
-validate(config, "../schemas/config.schema.yaml")
+# One line naming the key and what was expected (not the whole schema and configuration).
 try:
+    validate_config(config)
     CFG = normalize_config(config)
 except KPFMastersError as exc:
-    raise WorkflowError(str(exc))
+    logger.error(f"kpfmasters: error: {exc}")
+    sys.exit(1)
 
 NIGHTS = CFG["nights"]
 if not NIGHTS:
@@ -36,6 +37,13 @@ if not NIGHTS:
 L0_ROOT = CFG["l0_root"]
 WORK = CFG["work_root"]
 MASTERS = CFG["masters_root"]
+
+
+# Snakemake's metadata (.snakemake/) lives in the work root however the workflow is run
+# (a plain run or `kpfmasters daily`, which passes the same directory with -d).
+workdir: WORK
+
+
 PLANS = ws.Plans(
     CFG,
     main_process=workflow.is_main_process,
@@ -50,6 +58,7 @@ wildcard_constraints:
     date="|".join(NIGHTS),
     stem=r"KP\.\d{8}\.\d{5}\.\d{2}",
     tag=r"[A-Za-z0-9._+-]+",
+    digest=r"[0-9a-f]{16}",
 
 
 def all_targets():
@@ -74,6 +83,16 @@ def predecessor(mtype):
     return inputs
 
 
+def settings_stamp(mtype):
+    """Input function: the CFGHASH/SOFTVER stamp of a master (a changed setting rebuilds it,
+    whichever way the master on disk was made)."""
+
+    def inputs(wildcards):
+        return PLANS.settings_stamp(wildcards.date, mtype, wildcards.get("tag"))
+
+    return inputs
+
+
 def previous_master(mtype):
     """Input function: the previous night's master of the same kind (QC comparison)."""
 
@@ -81,6 +100,32 @@ def previous_master(mtype):
         return PLANS.previous_master(wildcards.date, mtype, wildcards.get("tag"))
 
     return inputs
+
+
+def identity_stamp(wildcards):
+    """Input function: the L0 file's identity stamp (a re-delivered or replaced file is
+    converted again whatever its modification time)."""
+    return PLANS.identity_stamp(wildcards.date, wildcards.stem)
+
+
+def l0_path(wildcards):
+    """Rule parameter: the L0 file a 2D job converts."""
+    return f"{L0_ROOT}/{wildcards.date}/{wildcards.stem}.fits"
+
+
+def planned_header(wildcards):
+    """Rule parameter: IMTYPE, EXPTIME and MJD-OBS as the plan read them."""
+    return PLANS.planned_header(wildcards.date, wildcards.stem)
+
+
+def stale_masters(wildcards):
+    return PLANS.stale_masters(wildcards.date)
+
+
+def retired_receipts(wildcards):
+    """The night's retirement receipt, if any stale master is to be moved aside first."""
+    target = PLANS.retire_target(wildcards.date)
+    return [target] if target else []
 
 
 def master_params(mtype):

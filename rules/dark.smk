@@ -2,6 +2,7 @@ rule master_dark:
     """Stack (frame - master bias) / EXPTIME of the night's darks."""
     input:
         frames=frames_2d("dark"),
+        settings=settings_stamp("dark"),
         previous=previous_master("dark"),
         bias=predecessor("bias"),
     output:

@@ -2,6 +2,7 @@ rule master_flat:
     """Stack bias-, dark-corrected flats and normalise per orderlet with the order mask."""
     input:
         frames=frames_2d("flat"),
+        settings=settings_stamp("flat"),
         previous=previous_master("flat"),
         bias=predecessor("bias"),
         dark=predecessor("dark"),

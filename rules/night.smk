@@ -13,12 +13,29 @@ rule night_selection:
         "../scripts/night_selection.py"
 
 
+rule retire_masters:
+    """Move aside the night's masters its frames no longer make (the name is a digest of
+    the list, so a new stale master is a new target)."""
+    output:
+        f"{WORK}/retired/{{date}}/{{digest}}.json",
+    log:
+        f"{WORK}/logs/{{date}}/retire_{{digest}}.log",
+    localrule: True
+    conda:
+        "../envs/kpfmasters.yaml"
+    params:
+        stale=stale_masters,
+    script:
+        "../scripts/retire_masters.py"
+
+
 if CFG["database"]["enabled"]:
 
     rule register_night:
         """Register the night's masters in the calibration database (one transaction)."""
         input:
-            night_masters,
+            masters=night_masters,
+            retired=retired_receipts,
         output:
             f"{WORK}/registered/{{date}}.json",
         log:

@@ -33,11 +33,14 @@ with script_logging(snakemake.log[0], "kpfmasters.night_qa") as log:
     )
     for warning in doc["warnings"]:
         log.warning("QA: %s", warning)
+    for note in doc["notes"]:
+        log.info("QA note: %s", note)
     log.info(
-        "QA of night %s: %d master(s), %d warning(s)",
+        "QA of night %s: %d master(s), %d warning(s), %d note(s)",
         date,
         len(doc["masters"]),
         len(doc["warnings"]),
+        len(doc["notes"]),
     )
     with atomic_output(snakemake.output.json) as tmp:
         Path(tmp).write_text(json.dumps(doc, indent=1) + "\n")

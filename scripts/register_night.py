@@ -1,17 +1,14 @@
 """Snakemake script: register the night's masters in the calibration database.
 
 Inputs: the night's masters (only as dependencies). Params: ``masters_root``. Wildcards:
-``date``. Output: a JSON receipt ``{"date", "rows", "time"}``. Log: ``log[0]``.
+``date``. Output: a JSON receipt ``{"date", "rows", "not_made", "time"}``. Log: ``log[0]``.
 """
 
 import contextlib
-import datetime as dt
-import json
 
 from kpfmasters.core.logs import script_logging
 from kpfmasters.db import connect, describe, register_night, resolve_settings
-from kpfmasters.db.report import format_row, row_to_json
-from kpfmasters.io.fits import atomic_output
+from kpfmasters.db.report import format_row, write_receipt
 
 with script_logging(snakemake.log[0], "kpfmasters.register_night") as log:
     date = str(snakemake.wildcards.date)
@@ -20,10 +17,4 @@ with script_logging(snakemake.log[0], "kpfmasters.register_night") as log:
         rows = register_night(conn, snakemake.params.masters_root, date)
     for row in rows:
         log.info("%s", format_row(row))
-    receipt = {
-        "date": date,
-        "rows": [row_to_json(row) for row in rows],
-        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    with atomic_output(snakemake.output[0]) as tmp:
-        tmp.write_text(json.dumps(receipt, indent=2) + "\n")
+    write_receipt(snakemake.output[0], date, rows)

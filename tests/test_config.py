@@ -21,11 +21,11 @@ def test_defaults_are_the_spec_numbers(base_config):
 @pytest.mark.parametrize(
     "override, key",
     [
-        ({"masters": {"flat": {"nsigmaa": 3}}}, "masters.flat"),
+        ({"masters": {"flat": {"nsigmaa": 3}}}, "masters.flat.nsigmaa"),
         ({"masters": {"bias": {"nsigma": "two"}}}, "masters.bias.nsigma"),
         ({"adc_scale": -1}, "adc_scale"),
         ({"stack": {"threads": 0}}, "stack.threads"),
-        ({"unknown_key": 1}, "(top level)"),
+        ({"unknown_key": 1}, "unknown_key"),
         (
             {"masters": {"dark": {"select": [{"keyword": "EXPTIME", "op": "=>", "value": 3}]}}},
             "masters.dark.select.0.op",

@@ -25,7 +25,7 @@ from astropy.io import fits
 from kpfmasters.core.errors import InputError
 from kpfmasters.science.master import read_verified
 from kpfmasters.sim.simulate import simulate_night
-from kpfmasters.workflow.pipeline import snakemake_argv, snakemake_locks
+from kpfmasters.workflow.pipeline import group_alive, snakemake_argv, snakemake_locks
 from tests.smk import REPO, Night, daily_cmd, snakemake
 from tests.verifyfits import assert_verified, needs_fitsverify
 
@@ -152,8 +152,13 @@ def test_daily_run_killed_as_a_whole_does_not_block_the_next(night, tmp_path):
     )
     pid = wait_for_pause(mark, proc)
     assert_half_written(bias.with_name(f".{bias.name}.tmp-{pid}"), bias)
+    lock = night.work_root / "locks" / f"kpfmasters_{DATE}.lock"
+    child = int(lock.read_text().split(" child ")[1].split()[0])  # the workflow's group
     os.killpg(proc.pid, signal.SIGKILL)  # daily, Snakemake and the job: a power cut
+    os.killpg(child, signal.SIGKILL)
     proc.communicate(timeout=60)
+    while group_alive(child):
+        time.sleep(0.05)
     assert not bias.exists()
     assert snakemake_locks(night.work_root)  # what would block a plain rerun
 

@@ -622,11 +622,13 @@ def test_snakemake_script(tmp_path):
         "flip_2amp": ["GREEN"],
         "flip_4amp": [],
     }
+    planned = {k: fits.getheader(l0).get(k) for k in ("IMTYPE", "EXPTIME", "MJD-OBS")}
     snakemake = SimpleNamespace(
-        input=SimpleNamespace(l0=str(l0)),
         output=[str(out)],
         log=[str(log)],
-        params=SimpleNamespace(geometry=geometry, adc_scale=ADC),
+        params=SimpleNamespace(
+            l0=str(l0), geometry=geometry, adc_scale=ADC, planned=planned, rejects_dir=""
+        ),
         threads=2,
     )
     runpy.run_path(str(REPO / "scripts" / "l0_to_2d.py"), init_globals={"snakemake": snakemake})

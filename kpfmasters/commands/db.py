@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 
-from kpfmasters.core.errors import ConfigError, KPFMastersError
+from kpfmasters.core.config import add_config_arguments, config_from_args
+from kpfmasters.core.errors import KPFMastersError
 from kpfmasters.core.products import MASTER_TYPES
 from kpfmasters.db import connect, describe, resolve_settings
 from kpfmasters.db.masterfile import CONTENT_BITS, LEVEL_2D, parse_night
-from kpfmasters.db.nearest import DEFAULT_MIN_NFRAMES, DEFAULT_REQUIRED_BITS, find_nearest
+from kpfmasters.db.nearest import DEFAULT_REQUIRED_BITS, find_nearest
 from kpfmasters.db.register import register_night_report
 from kpfmasters.db.report import format_row
 from kpfmasters.db.schema import DEFAULT_PIPELINE_ROLE, DEFAULT_READ_ROLE, check_schema, init_schema
@@ -81,10 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     reg.add_argument("--date", required=True, type=_night, help="night YYYYMMDD")
     reg.add_argument(
         "--masters-root",
-        default=os.environ.get(MASTERS_ROOT_ENV),
-        help=f"masters root directory (default: ${MASTERS_ROOT_ENV})",
+        help=f"masters root directory (default: the configuration's masters_root, i.e. "
+        f"${MASTERS_ROOT_ENV})",
     )
     reg.add_argument("--comment", help="comment stored with new or changed rows")
+    add_config_arguments(reg)
     _connection_options(reg)
 
     near = sub.add_parser("nearest", help="the nearest usable master to a night")
@@ -98,7 +99,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_REQUIRED_BITS,
         help="content bits that must be present: 1 GREEN, 2 RED, 4 CA_HK (default: 3)",
     )
-    near.add_argument("--min-nframes", type=int, default=DEFAULT_MIN_NFRAMES)
+    near.add_argument(
+        "--min-nframes",
+        type=int,
+        help="fewest frames a master may be made of (default: the configuration's min_frames, "
+        "the rule the workflow's look-ups apply)",
+    )
+    add_config_arguments(near)
     near.add_argument("--level", type=int, default=LEVEL_2D)
     _connection_options(near)
 
@@ -137,6 +144,8 @@ def _run_register(args, conn) -> int:
 
 
 def _run_nearest(args, conn) -> int:
+    if args.min_nframes is None:
+        args.min_nframes = config_from_args(args)["min_frames"]
     found = find_nearest(
         conn,
         args.date,
@@ -182,6 +191,6 @@ ACTIONS = {
 
 def run(args) -> int:
     if args.db_command == "register" and not args.masters_root:
-        raise ConfigError(f"give --masters-root or set {MASTERS_ROOT_ENV}")
+        args.masters_root = config_from_args(args)["masters_root"]
     with contextlib.closing(_connect(args)) as conn:
         return ACTIONS[args.db_command](args, conn)

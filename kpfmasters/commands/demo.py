@@ -11,12 +11,24 @@ import contextlib
 import time
 from pathlib import Path
 
-from kpfmasters.core.config import load_config
+import yaml
+
+from kpfmasters.core.config import add_config_arguments, config_from_args, snakemake_config
 from kpfmasters.core.errors import KPFMastersError
 from kpfmasters.qa.summary import format_table, master_row, night_masters
-from kpfmasters.workflow.pipeline import PipelineError, night_config, run_snakemake, snakemake_argv
+from kpfmasters.workflow.pipeline import PipelineError, run_snakemake, snakemake_argv
 
 HELP = "simulate a small night, run the pipeline on it and register it (a tour)"
+
+# What KPF takes in a day: about 22 biases, 5 darks, a long flat sequence (about 100) and
+# up to 10 frames of each lamp, so the demo's masters look like the instrument's. (A lamp
+# of exactly flag_min_count frames would flag every pixel that lost one sample to clipping.)
+DEMO_COUNTS = {
+    "bias": 22,
+    "dark": 5,
+    "flat": 100,
+    "arclamp": {"autocal-thar-all-eve": 10, "autocal-une-sky": 10},
+}
 
 
 def add_arguments(parser) -> None:
@@ -25,6 +37,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--size", default="256", help="CCD size: small, medium, full or N")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument(
+        "--flats",
+        type=int,
+        default=DEMO_COUNTS["flat"],
+        help=f"flat frames to simulate (default {DEMO_COUNTS['flat']}, a KPF day's sequence)",
+    )
+    add_config_arguments(parser)
 
 
 def register_in_throwaway(base: Path, masters_root: Path, date: str) -> None:
@@ -61,16 +80,24 @@ def run(args) -> int:
         "masters_root": str(base / "masters"),
         "order_mask": str(sim / "order_mask.fits"),
     }
-    cfg = load_config(overrides={"date": args.date, **paths})
+    cfg = config_from_args(args, {"date": args.date, **paths})
     t0 = time.monotonic()
     if not (sim / "L0" / args.date).is_dir():
         print(f"Simulating night {args.date} ({size} x {size} pixels per CCD) in {sim} ...")
-        night = simulate_night(sim, args.date, seed=args.seed, size=size)
+        counts = {**DEMO_COUNTS, "flat": args.flats}
+        night = simulate_night(sim, args.date, seed=args.seed, size=size, counts=counts)
         print(f"  {len(night.frames)} L0 files, order mask {night.order_mask_path}")
     else:
         print(f"Using the simulated night already in {sim}")
+    cfg_file = base / "work" / "demo.config.yaml"
+    cfg_file.parent.mkdir(parents=True, exist_ok=True)
+    cfg_file.write_text(yaml.safe_dump(snakemake_config(cfg), sort_keys=False))
     argv = snakemake_argv(
-        night_config(cfg, args.date), workdir=base, cores=args.cores, extra=["--quiet", "rules"]
+        {},
+        workdir=cfg["work_root"],
+        cores=args.cores,
+        configfiles=[cfg_file],
+        extra=["--quiet", "rules"],
     )
     print("Running the pipeline:\n  " + " ".join(argv[1:]))
     if run_snakemake(argv) != 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kpfmasters.core.config import load_config
+from kpfmasters.core.config import add_config_arguments, config_from_args
 from kpfmasters.core.errors import InputError
 from kpfmasters.core.naming import L0_NAME_RE, two_d_name
 from kpfmasters.science.l0to2d import AmpGeometry, convert_l0, describe
@@ -31,11 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="convert up to N amplifiers at once (default 1; the result does not change)",
     )
-    parser.add_argument(
-        "--config",
-        metavar="CONFIG",
-        help="configuration file (default: the checkout's config.yaml)",
-    )
+    add_config_arguments(parser)
 
 
 def default_output(l0file: str | Path, work_root: str | Path) -> Path:
@@ -52,7 +48,7 @@ def default_output(l0file: str | Path, work_root: str | Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    cfg = config_from_args(args)
     out = Path(args.output) if args.output else default_output(args.l0file, cfg["work_root"])
     geometry = AmpGeometry.from_config(cfg)
     report = convert_l0(args.l0file, out, geometry, cfg["adc_scale"], max(1, args.threads))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kpfmasters.core.config import load_config
+from kpfmasters.core.config import add_config_arguments, config_from_args
 from kpfmasters.plan.rejects import clear_rejections, night_rejections, rejects_dir
 
 HELP = "list the frames of a night that L0 -> 2D refused (left out of its masters); --clear"
@@ -15,7 +15,7 @@ def add_arguments(parser) -> None:
         action="store_true",
         help="forget the night's rejects, so the next run tries those frames again",
     )
-    parser.add_argument("--config", help="configuration file (default: the checkout's)")
+    add_config_arguments(parser)
     parser.add_argument("--l0-root", help="override l0_root")
     parser.add_argument("--work-root", help="override work_root (the rejects are under it)")
 
@@ -26,7 +26,7 @@ def run(args) -> int:
         overrides["l0_root"] = args.l0_root
     if args.work_root:
         overrides["work_root"] = args.work_root
-    cfg = load_config(args.config, overrides)
+    cfg = config_from_args(args, overrides)
     date = cfg["nights"][0]
     rows = night_rejections(cfg["work_root"], cfg["l0_root"], date)
     folder = rejects_dir(cfg["work_root"], date)

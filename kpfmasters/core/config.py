@@ -1,8 +1,9 @@
 """Configuration: load ``config.yaml``, validate it against ``schemas/config.schema.yaml``,
 expand environment variables in paths, and normalise the night(s).
 
-The Snakefile validates with :func:`snakemake.utils.validate` and then calls
-:func:`normalize_config`; the command line calls :func:`load_config`, which does both.
+The Snakefile calls :func:`validate_config` (one line naming the key) and then
+:func:`normalize_config`; the command line calls :func:`load_config`, which does both, with
+``--configfile`` files as partial overrides of ``config.yaml`` and ``--set`` on top.
 """
 
 from __future__ import annotations
@@ -43,20 +44,30 @@ def load_schema() -> dict:
         return yaml.safe_load(handle)
 
 
+def _known_keys(schema: dict, node: dict, depth: int = 0) -> set[str]:
+    """Property names a (sub-)schema allows, through ``$ref``, ``allOf``, ``anyOf``, ``oneOf``."""
+    if depth > 8 or not isinstance(node, dict):
+        return set()
+    keys = set((node.get("properties") or {}).keys())
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target = schema
+        for part in ref[2:].split("/"):
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+        keys |= _known_keys(schema, target, depth + 1)
+    for combo in ("allOf", "anyOf", "oneOf"):
+        for sub in node.get(combo) or []:
+            keys |= _known_keys(schema, sub, depth + 1)
+    return keys
+
+
 def validate_config(config: dict) -> None:
-    """Validate a raw configuration against the schema.
+    """Raise :class:`ConfigError` naming the first offending key (dotted path), on one line.
 
-    Parameters
-    ----------
-    config : dict
-        The configuration as read from YAML (and merged with overrides), not yet normalised.
-
-    Raises
-    ------
-    ConfigError
-        Naming the first offending key (dotted path, e.g. ``masters.flat.nsigma``) and the
-        schema's complaint.
+    An unknown key is named with the nearest known one (``dat``: did you mean ``date``?).
     """
+    import difflib
+
     import jsonschema
 
     schema = load_schema()
@@ -64,8 +75,22 @@ def validate_config(config: dict) -> None:
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]
-        where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        raise ConfigError(f"configuration key {where}: {err.message}")
+        path = list(err.absolute_path)
+        if err.validator in ("additionalProperties", "unevaluatedProperties") and isinstance(
+            err.instance, dict
+        ):
+            known = sorted(_known_keys(schema, err.schema))
+            unknown = sorted(str(k) for k in err.instance if k not in known)
+            if unknown:
+                key = ".".join(str(p) for p in [*path, unknown[0]])
+                close = difflib.get_close_matches(unknown[0], known, n=1)
+                hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(known)}"
+                raise ConfigError(f"configuration key {key}: not a known key{hint}")
+        where = ".".join(str(p) for p in path) or "(top level)"
+        message = " ".join(err.message.split())
+        if len(message) > 200:
+            message = message[:200] + " ..."
+        raise ConfigError(f"configuration key {where}: {message}")
 
 
 def expand_vars(value: str, key: str, environ: dict | None = None) -> str:
@@ -221,19 +246,40 @@ def normalize_config(config: dict, environ: dict | None = None) -> dict:
     Returns
     -------
     dict
-        A deep copy with ``${VAR}`` expanded in the path keys (``l0_root``, ``work_root``,
-        ``masters_root``, ``order_mask``) and ``nights`` set by :func:`parse_dates`.
+        A deep copy with ``${VAR}`` and ``~`` expanded in the path keys (``l0_root``,
+        ``work_root``, ``masters_root``, ``order_mask``), each made absolute against the
+        current directory (the caller's), and ``nights`` set by :func:`parse_dates`.
 
     Raises
     ------
     ConfigError
-        From :func:`expand_vars` or :func:`parse_dates`, naming the key.
+        From :func:`expand_vars` or :func:`parse_dates`, naming the key, or when an output
+        root lies inside ``l0_root`` (:func:`check_roots`).
     """
     cfg = copy.deepcopy(config)
     for key in PATH_KEYS:
-        cfg[key] = expand_vars(str(cfg[key]), key, environ)
+        cfg[key] = resolve_path(expand_vars(str(cfg[key]), key, environ))
+    check_roots(cfg)
     cfg["nights"] = parse_dates(cfg.get("date", ""), cfg.get("dates", ""))
     return cfg
+
+
+def resolve_path(value: str) -> str:
+    """``~`` expanded and made absolute against the current directory (the caller's)."""
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def check_roots(cfg: dict) -> None:
+    """The output roots (``work_root``, ``masters_root``) may not lie inside ``l0_root``:
+    the raw data area is the instrument's, and a night's scan would meet the products."""
+    l0 = Path(os.path.realpath(cfg["l0_root"]))
+    for key in ("work_root", "masters_root"):
+        out = Path(os.path.realpath(cfg[key]))
+        if out == l0 or l0 in out.parents:
+            raise ConfigError(
+                f"configuration key {key}: {cfg[key]} lies inside l0_root {cfg['l0_root']}; "
+                "expected an output directory outside the raw data"
+            )
 
 
 def merge(base: dict, overrides: dict) -> dict:
@@ -260,63 +306,111 @@ def merge(base: dict, overrides: dict) -> dict:
     return out
 
 
-def read_yaml(path: Path) -> dict:
-    """A YAML mapping from ``path`` (an empty file is an empty mapping).
-
-    Raises
-    ------
-    ConfigError
-        When the file cannot be read, is not YAML or is not a mapping (naming the file).
-    """
+def read_config_file(path: str | Path) -> dict:
+    """One configuration file's mapping (raises :class:`ConfigError` naming the file)."""
+    path = Path(path)
     try:
         with open(path) as handle:
-            raw = yaml.safe_load(handle) or {}
+            raw = yaml.safe_load(handle)
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read configuration ({exc.strerror})") from exc
+        raise ConfigError(f"{path}: cannot read configuration ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        text = " ".join(str(exc).split())
+        raise ConfigError(f"{path}: not valid YAML ({text})") from None
+    if raw is None:
+        return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of configuration keys")
     return raw
 
 
-def load_config(
-    path: str | Path | None = None, overrides: dict | None = None, environ: dict | None = None
+def merged_config(
+    paths: str | Path | list | tuple | None = None, overrides: dict | None = None
 ) -> dict:
-    """Load, merge, validate and normalise a configuration.
-
-    Parameters
-    ----------
-    path : str or Path, optional
-        A YAML file laid over ``config.yaml`` of the checkout (:func:`checkout_root`),
-        merged as Snakemake merges ``--configfile`` (sections recursively, lists replaced),
-        so a file holding only what it changes (``config/kpf_production.yaml``) works the
-        same on the command line and in the workflow. Default: ``config.yaml`` alone.
-    overrides : dict, optional
-        Values merged over the files' (:func:`merge`) before validation.
-    environ : dict, optional
-        Environment for the expansion of paths (default ``os.environ``).
-
-    Returns
-    -------
-    dict
-        The validated, normalised configuration (:func:`normalize_config`).
-
-    Raises
-    ------
-    ConfigError
-        When a file cannot be read or is not YAML (naming the file), or a key is invalid
-        (naming the key).
-    """
+    """``config.yaml``, then each file of ``paths`` (partial overrides, later winning), then
+    ``overrides``: merged, not yet validated."""
+    if paths is None or isinstance(paths, (str, Path)):
+        paths = [paths] if paths else []
     default = checkout_root() / "config.yaml"
-    path = Path(path) if path else default
-    raw = read_yaml(default)
-    if path.resolve() != default.resolve():
-        raw = merge(raw, read_yaml(path))
+    raw = read_config_file(default)
+    for path in paths:
+        if Path(path).resolve() != default.resolve():
+            raw = merge(raw, read_config_file(path))
     if overrides:
         raw = merge(raw, overrides)
+    return raw
+
+
+def load_config(
+    path: str | Path | list | tuple | None = None,
+    overrides: dict | None = None,
+    environ: dict | None = None,
+) -> dict:
+    """Load, merge, validate and normalise the configuration.
+
+    The checkout's ``config.yaml`` holds every default; ``path`` (one file or a list) holds
+    partial overrides merged over it, then ``overrides`` (``--set``).
+    """
+    raw = merged_config(path, overrides)
     validate_config(raw)
     return normalize_config(raw, environ)
+
+
+def parse_sets(items: list[str]) -> dict:
+    """``KEY=VALUE`` overrides as a nested dict; dotted keys reach into sections
+    (``masters.flat.nsigma=2.5``); values are YAML (numbers, booleans, strings), except
+    the paths, which are taken as written (a ``#`` or ``: `` in a path stays)."""
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a section")
+        if not parents and leaf in PATH_KEYS:
+            node[leaf] = value
+            continue
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
+    return out
+
+
+def add_config_arguments(parser) -> None:
+    """``--configfile`` (partial overrides, repeatable) and ``--set KEY=VALUE`` (repeatable):
+    the same on every command that reads the configuration."""
+    parser.add_argument(
+        "--configfile",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="configuration file with the keys to change (merged over the checkout's "
+        "config.yaml; repeatable, later files winning)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="configuration override, e.g. masters.flat.nsigma=2.5 (repeatable)",
+    )
+
+
+def config_from_args(args, overrides: dict | None = None, environ: dict | None = None) -> dict:
+    """The configuration of a command: files of ``--configfile``, ``--set``, ``overrides``."""
+    sets = parse_sets(getattr(args, "set", []) or [])
+    return load_config(getattr(args, "configfile", []) or [], merge(sets, overrides or {}), environ)
+
+
+def snakemake_config(cfg: dict) -> dict:
+    """A normalised configuration as Snakemake's config (the file passed with
+    ``--configfile``): every key but the derived ``nights``."""
+    return {k: v for k, v in cfg.items() if k != "nights"}
 
 
 def config_hash(*parts: Any) -> str:

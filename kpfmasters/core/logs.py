@@ -15,7 +15,9 @@ def script_logging(log_path: str | Path | None, name: str = "kpfmasters"):
     """Send log records of ``kpfmasters.*`` to ``log_path`` (and stderr) for one job.
 
     An exception escaping the block is logged with its message before it propagates, so the
-    rule's log file says why the job failed. The handlers are removed when the block ends.
+    rule's log file says why the job failed. A known error
+    (:class:`~kpfmasters.core.errors.KPFMastersError`: bad input, no database) ends the job
+    with status 1 and that one line, no traceback. The handlers are removed when the block ends.
 
     Parameters
     ----------
@@ -29,6 +31,8 @@ def script_logging(log_path: str | Path | None, name: str = "kpfmasters"):
     logging.Logger
         The logger ``name``, at level INFO under ``kpfmasters``.
     """
+    from kpfmasters.core.errors import KPFMastersError
+
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
@@ -41,6 +45,9 @@ def script_logging(log_path: str | Path | None, name: str = "kpfmasters"):
     log = logging.getLogger(name)
     try:
         yield log
+    except KPFMastersError as exc:
+        log.error("%s", exc)
+        raise SystemExit(1) from None
     except Exception as exc:
         log.error("%s", exc)
         raise

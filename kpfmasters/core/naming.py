@@ -14,6 +14,11 @@ from kpfmasters.core.products import MASTER_TYPES, product
 
 L0_NAME_RE = re.compile(r"^KP\.(?P<date>\d{8})\.(?P<seconds>\d{5}\.\d{2})\.fits$")
 _SAFE_TAG_RE = re.compile(r"[^A-Za-z0-9._+-]+")
+# A tag used as it is has at most this many characters (a file name is at most 255 bytes).
+MAX_TAG = 64
+# A piece of up to 8 characters repeated 8 times or more in a row (Snakemake refuses a
+# wildcard value ending in 20 repeats as "periodic", and such names are unreadable anyway).
+_RUN_RE = re.compile(r"(.{1,8}?)\1{7,}")
 
 
 def parse_l0_name(name: str, night: str) -> tuple[bool, str]:
@@ -81,10 +86,12 @@ def two_d_name(l0_name: str) -> str:
 def object_tag(obj: str) -> str:
     """A file-name-safe, unique tag for an OBJECT value.
 
-    Values made only of ``[A-Za-z0-9._+-]`` are used as they are (``autocal-une-sky``).
-    Anything else (spaces, slashes, quotes, non-ASCII) is folded to ASCII, unsafe runs become
-    ``_``, and an 8-hex-digit hash of the exact value is appended so two different OBJECT
-    values can never share a file name.
+    Values of at most :data:`MAX_TAG` characters made only of ``[A-Za-z0-9._+-]``, with no
+    long repeated run, are used as they are (``autocal-une-sky``). Anything else (spaces,
+    slashes, quotes, non-ASCII, a long value, a piece repeated 8 times or more) is folded to
+    ASCII, unsafe runs become ``_``, repeated runs are cut to two repeats, the result is
+    shortened to 48 characters and an 8-hex-digit hash of the exact value is appended, so
+    two different OBJECT values never share a file name and every name stays short.
 
     Parameters
     ----------
@@ -96,12 +103,20 @@ def object_tag(obj: str) -> str:
     str
         The tag: ``obj`` itself, or at most 48 safe characters, ``_`` and the hash.
     """
-    if obj and _SAFE_TAG_RE.search(obj) is None and not obj.startswith("."):
+    if (
+        obj
+        and len(obj) <= MAX_TAG
+        and _SAFE_TAG_RE.search(obj) is None
+        and not obj.startswith(".")
+        and _RUN_RE.search(obj) is None
+    ):
         return obj
     folded = unicodedata.normalize("NFKD", obj).encode("ascii", "ignore").decode()
-    safe = _SAFE_TAG_RE.sub("_", folded).strip("._") or "object"
+    safe = _SAFE_TAG_RE.sub("_", folded)
+    safe = _RUN_RE.sub(lambda m: m.group(1) * 2, safe)
+    safe = safe[:48].strip("._") or "object"
     digest = hashlib.sha256(obj.encode("utf-8")).hexdigest()[:8]
-    return f"{safe[:48]}_{digest}"
+    return f"{safe}_{digest}"
 
 
 def master_name(date: str, mtype: str, obj: str | None = None) -> str:

@@ -22,6 +22,7 @@ import psycopg2
 import psycopg2.extras
 
 from kpfmasters.core.errors import NoPredecessorError
+from kpfmasters.db.connect import pg_reason
 from kpfmasters.db.errors import DatabaseError
 from kpfmasters.db.masterfile import CONTENT_BITS, LEVEL_2D, md5_file, parse_night
 from kpfmasters.db.schema import check_schema
@@ -44,6 +45,7 @@ SELECT *,
 FROM calfiles
 WHERE level = %(level)s AND caltype = %(caltype)s
   AND (%(object)s::text IS NULL OR object = %(object)s::text)
+  AND NOT (%(others)s AND startdate = %(night)s::date)
 ORDER BY age, startdate, cid
 """
 
@@ -104,8 +106,12 @@ def find_nearest(
     required_bits: int = DEFAULT_REQUIRED_BITS,
     min_nframes: int = DEFAULT_MIN_NFRAMES,
     level: int = LEVEL_2D,
+    other_nights: bool = False,
 ) -> Nearest:
-    """Like :func:`nearest_master`, returning the row and the candidates passed over."""
+    """Like :func:`nearest_master`, returning the row and the candidates passed over.
+
+    ``other_nights``: leave the night's own row out (a night that does not make its own
+    master, e.g. its frames were reclassified, is calibrated with another night's)."""
     night = parse_night(date)
     caltype = caltype.lower()
     params = {
@@ -116,6 +122,7 @@ def find_nearest(
         "bits": int(required_bits),
         "min_nframes": int(min_nframes),
         "max_age": None if max_age_days is None else int(max_age_days),
+        "others": bool(other_nights),
     }
     check_schema(conn)
     try:
@@ -125,7 +132,7 @@ def find_nearest(
         if not conn.autocommit:
             conn.rollback()  # end the read-only transaction
     except psycopg2.Error as exc:
-        raise DatabaseError(f"nearest-master query failed: {' '.join(str(exc).split())}") from None
+        raise DatabaseError(f"nearest-master query failed: {pg_reason(exc)}") from None
 
     skipped: list[str] = []
     for row in rows:
@@ -159,11 +166,12 @@ def nearest_master(
     required_bits: int = DEFAULT_REQUIRED_BITS,
     min_nframes: int = DEFAULT_MIN_NFRAMES,
     level: int = LEVEL_2D,
+    other_nights: bool = False,
 ) -> Path:
     """Path of the nearest usable master (see the module docstring).
 
     Raises :class:`~kpfmasters.core.errors.NoPredecessorError` explaining every rule-out.
     """
     return find_nearest(
-        conn, date, caltype, object, max_age_days, required_bits, min_nframes, level
+        conn, date, caltype, object, max_age_days, required_bits, min_nframes, level, other_nights
     ).path

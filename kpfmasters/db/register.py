@@ -22,6 +22,7 @@ import psycopg2.extras
 
 from kpfmasters import __version__
 from kpfmasters.core.errors import InputError
+from kpfmasters.db.connect import pg_reason
 from kpfmasters.db.errors import DatabaseError
 from kpfmasters.db.masterfile import (
     LEVEL_2D,
@@ -186,7 +187,7 @@ def register_night_report(
             report.rows = [dict(row) for row in cur.fetchall()]
     except psycopg2.Error as exc:
         raise DatabaseError(
-            f"registering night {date} failed, nothing changed: {' '.join(str(exc).split())}"
+            f"registering night {date} failed, nothing changed: {pg_reason(exc)}"
         ) from None
     for row in report.removed:
         log.info("removed row cid %s (%s %r): %s is gone", *row.values())

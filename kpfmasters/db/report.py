@@ -51,3 +51,23 @@ def row_to_json(row: dict) -> dict:
         key: value.isoformat() if isinstance(value, (dt.date, dt.datetime)) else value
         for key, value in row.items()
     }
+
+
+def write_receipt(path, date: str, rows: list[dict], not_made: list[str] = ()) -> None:
+    """The registration receipt ``{"date", "rows", "not_made", "time"}`` (atomic write).
+
+    ``not_made`` names the night's masters that were due but not made (so not registered).
+    """
+    import json
+    from pathlib import Path
+
+    from kpfmasters.io.fits import atomic_output
+
+    receipt = {
+        "date": date,
+        "rows": [row_to_json(row) for row in rows],
+        "not_made": list(not_made),
+        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    with atomic_output(Path(path)) as tmp:
+        Path(tmp).write_text(json.dumps(receipt, indent=2) + "\n")

@@ -113,7 +113,11 @@ def check_schema(conn) -> None:
             cur.execute("SELECT to_regclass('calfiles') IS NOT NULL")
             has_table = cur.fetchone()[0]
     except psycopg2.Error as exc:
-        conn.rollback()
+        if not conn.closed:
+            try:
+                conn.rollback()
+            except psycopg2.Error:
+                pass
         raise DatabaseError(f"cannot read the schema version: {_one_line(exc)}") from None
     if version is None or not has_table:
         raise SchemaError(
@@ -181,7 +185,9 @@ def _public_may_create(cur) -> str | None:
 
 
 def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())
+    from kpfmasters.db.connect import pg_reason
+
+    return pg_reason(exc)
 
 
 def init_schema(

@@ -25,12 +25,13 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
 from kpfmasters.core.naming import parse_l0_name
+from kpfmasters.io.files import file_identity
 from kpfmasters.io.fits import atomic_output
 from kpfmasters.science.l0read import unparsable_card
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 5
+INDEX_VERSION = 6
 HEADER_KEYS = ("IMTYPE", "OBJECT", "EXPTIME", "ELAPSED", "MJD-OBS", "DATE-OBS")
 CCDS = ("GREEN", "RED")
 _AMP_RE = re.compile(r"^(GREEN|RED)_AMP([1-4])$")
@@ -60,6 +61,16 @@ class Frame:
     problem: str = ""
     note: str = ""
     transient: bool = False
+    # The rest of the file's identity: a file replaced in place or re-delivered with an
+    # older time (``rsync -t``, ``cp -p``) changes its ctime or inode even when size and
+    # mtime stay.
+    ctime_ns: int = 0
+    inode: int = 0
+
+    @property
+    def identity(self) -> list[int]:
+        """``[size, mtime_ns, ctime_ns, inode]``: what says the file is the one scanned."""
+        return [self.size, self.mtime_ns, self.ctime_ns, self.inode]
 
     @property
     def stem(self) -> str:
@@ -230,7 +241,14 @@ def read_frame(path: Path, amp_geometry: dict, keys: tuple[str, ...] = HEADER_KE
         frame = Frame(name=path.name, path=str(path), size=-1, mtime_ns=-1, transient=True)
         frame.problem = f"cannot be read ({exc.strerror or exc})"
         return frame
-    frame = Frame(name=path.name, path=str(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    frame = Frame(
+        name=path.name,
+        path=str(path),
+        size=stat.st_size,
+        mtime_ns=stat.st_mtime_ns,
+        ctime_ns=stat.st_ctime_ns,
+        inode=stat.st_ino,
+    )
     if stat.st_size == 0:
         frame.problem = "empty file (0 bytes)"
         return frame
@@ -319,13 +337,16 @@ def scan_night(
     index_path: str | Path | None,
     amp_geometry: dict,
     keys=(),
+    write: bool = True,
 ) -> tuple[list[Frame], list[tuple[str, str]]]:
     """All L0 frames of ``date`` (sorted by name) and the ignored files with reasons.
 
     ``keys``: PRIMARY keywords to keep besides :data:`HEADER_KEYS` (those the selection
-    rules name). With ``index_path``, unchanged files are taken from the index (when it
-    holds the same keywords) and the index is rewritten (atomically) only when something
-    changed. Frames with a transient problem (:attr:`Frame.transient`) are left out of it.
+    rules name). With ``index_path``, unchanged files (same size, mtime, ctime and inode)
+    are taken from the index (when it holds the same keywords) and the index is rewritten
+    (atomically) only when something changed, and only with ``write`` (a command that only
+    shows writes nothing). Frames with a transient problem (:attr:`Frame.transient`) are
+    left out of it.
     """
     paths, ignored = list_l0_files(l0_root, date)
     wanted = index_keys(keys)
@@ -349,12 +370,8 @@ def scan_night(
         except OSError:
             stat = None
         entry = cached.get(str(path))
-        if (
-            entry
-            and stat is not None
-            and entry["size"] == stat.st_size
-            and entry["mtime_ns"] == stat.st_mtime_ns
-        ):
+        identity = None if stat is None else file_identity(stat)
+        if entry and identity is not None and Frame(**entry).identity == identity:
             frames.append(Frame(**entry))
         else:
             frame = read_frame(path, amp_geometry, tuple(wanted))
@@ -363,7 +380,7 @@ def scan_night(
             frames.append(frame)
             changed = True
     kept = [f for f in frames if not f.transient]
-    if index_path and (changed or len(kept) != len(cached)):
+    if write and index_path and (changed or len(kept) != len(cached)):
         payload = {
             "version": INDEX_VERSION,
             "date": date,

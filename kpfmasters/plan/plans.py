@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 from pathlib import Path
+
+from astropy.io import fits
 
 from kpfmasters import __version__
 from kpfmasters.core.config import config_hash
 from kpfmasters.core.errors import InputError, KPFMastersError, NoPredecessorError
-from kpfmasters.core.naming import master_name, two_d_name
+from kpfmasters.core.naming import MASTER_NAME_RE, master_name, two_d_name
 from kpfmasters.core.products import product
+from kpfmasters.io.files import file_identity
 from kpfmasters.io.fits import atomic_output, check_complete, verify_checksums
 from kpfmasters.plan.night import scan_night
 from kpfmasters.plan.predecessors import Candidate, masters_on_disk, nearest
@@ -33,6 +38,9 @@ def canonical(value):
     return json.loads(json.dumps(value, sort_keys=True))
 
 
+PLANNED_KEYS = ("IMTYPE", "EXPTIME", "MJD-OBS")
+
+
 class Plans:
     """Per-night selection plans and the answers the rules need from them.
 
@@ -41,9 +49,17 @@ class Plans:
     Selection lines are logged once per night, in the main process only.
     """
 
-    def __init__(self, cfg: dict, main_process: bool = True, log=None, db_lookup=None):
+    def __init__(
+        self,
+        cfg: dict,
+        main_process: bool = True,
+        log=None,
+        db_lookup=None,
+        readonly: bool = False,
+    ):
         self.cfg = cfg
         self.main_process = main_process
+        self.readonly = readonly  # only show: write nothing (no index, no verdict cache)
         self.log = log
         self.db_lookup = db_lookup
         self._plans: dict[str, NightPlan] = {}
@@ -83,6 +99,7 @@ class Plans:
                 self.index_path(date),
                 self.amp_geometry(),
                 selection_keywords(self.cfg),
+                write=not self.readonly,
             )
             apply_rejections(frames, self.cfg["work_root"], date)
             self._plans[date] = plan_night(frames, ignored, date, self.cfg)
@@ -109,7 +126,10 @@ class Plans:
         """Why no master ``mtype`` can be made in this run at all ('' when it can): the flat
         needs the order mask file (a missing one would stop Snakemake building anything)."""
         if mtype == "flat" and not Path(self.cfg["order_mask"]).is_file():
-            return f"the order mask {self.cfg['order_mask']} does not exist"
+            return (
+                f"the order mask {self.cfg['order_mask']} does not exist (expected the "
+                "order-trace mask FITS file of configuration key order_mask)"
+            )
         return ""
 
     def makes(self, date: str, mtype: str) -> bool:
@@ -122,7 +142,8 @@ class Plans:
             return self.master_path(date, mtype)
         max_age = self.cfg["predecessors"]["max_age_days"]
         if self.db_lookup is not None:
-            return str(self.db_lookup(date, mtype, max_age))
+            # the same rule as on disk: a master of at least min_frames frames
+            return str(self.db_lookup(date, mtype, max_age, self.cfg["min_frames"]))
         candidates = {c.date: c for c in masters_on_disk(self.cfg["masters_root"], mtype)}
         for night in self.cfg["nights"]:
             if night not in candidates and night != date:
@@ -178,7 +199,7 @@ class Plans:
             stat = path.stat()
         except OSError as exc:
             return f"cannot be read ({exc.strerror})"
-        version = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+        version = file_identity(stat)
         if self._verified is None:
             try:
                 loaded = json.loads(self.verified_path().read_text())
@@ -198,6 +219,8 @@ class Plans:
                 return exc.problem  # the system's failure, not the file's: not remembered
             problem = exc.problem
         self._verified[str(path)] = {"version": version, "problem": problem}
+        if self.readonly:
+            return problem
         try:
             with atomic_output(self.verified_path()) as tmp:
                 Path(tmp).write_text(json.dumps(self._verified, indent=1, sort_keys=True))
@@ -205,16 +228,152 @@ class Plans:
             pass
         return problem
 
-    def master_params(self, date: str, mtype: str, tag: str | None = None) -> dict:
-        sel = self.selection(date, mtype, tag)
-        settings = self.cfg["masters"][mtype]
+    def cfghash(self, mtype: str) -> str:
+        """``CFGHASH`` a master ``mtype`` made now gets: the settings that shape it."""
         effective = {
-            "master": settings,
+            "master": self.cfg["masters"][mtype],
             "amplifier": self.cfg["amplifier"],
             "adc_scale": self.cfg["adc_scale"],
             "min_frames": self.cfg["min_frames"],
             "flag_fraction": self.cfg["flag_fraction"],
         }
+        return config_hash(__version__, effective)
+
+    def settings_stamp(self, date: str, mtype: str, tag: str | None = None) -> str:
+        """An input of every master: ``<work_root>/settings/<date>/<master>.json``, holding
+        the ``CFGHASH`` and ``SOFTVER`` the rule would write.
+
+        When the master on disk carries other values (the settings or the software changed,
+        whichever way the night was made: ``daily``, a plain run, another work root), the
+        stamp is dated now, newer than the master, so Snakemake rebuilds it; when the master
+        agrees, the stamp is dated before it. Written in the main process only.
+        """
+        master = Path(self.master_path(date, mtype, tag))
+        stamp = Path(self.cfg["work_root"]) / "settings" / date / f"{master.stem}.json"
+        if not self.main_process or self.readonly:
+            return str(stamp)
+        want = {"CFGHASH": self.cfghash(mtype), "SOFTVER": __version__}
+        try:
+            made = master.stat()
+            header = fits.getheader(master, 0)
+            agrees = all(str(header.get(k, "")) == v for k, v in want.items())
+        except (OSError, ValueError):
+            made, header, agrees = None, None, True  # no master (or unreadable): made anyway
+        content = dict(want)
+        if not agrees:
+            # Name the master version it replaces: a stamp whose text Snakemake recorded for
+            # another build (its metadata elsewhere) must not read as unchanged.
+            content["replaces"] = [made.st_size, made.st_mtime_ns]
+        text = json.dumps(content, sort_keys=True) + "\n"
+        try:
+            have = stamp.read_text()
+        except OSError:
+            have = None
+        if have != text:
+            with atomic_output(stamp) as tmp:
+                Path(tmp).write_text(text)
+        if made is None:
+            return str(stamp)
+        ns = stamp.stat().st_mtime_ns
+        if agrees and ns >= made.st_mtime_ns:
+            old = made.st_mtime_ns - 1_000_000_000
+            os.utime(stamp, ns=(old, old))
+        elif not agrees:
+            if ns <= made.st_mtime_ns:
+                now = max(time.time_ns(), made.st_mtime_ns + 1_000_000_000)
+                os.utime(stamp, ns=(now, now))
+            if self.log:
+                self.log.info(
+                    f"{master.name}: made with CFGHASH {header.get('CFGHASH')!r} SOFTVER "
+                    f"{header.get('SOFTVER')!r}, the rule now writes {want['CFGHASH']!r} "
+                    f"{want['SOFTVER']!r}: rebuilt"
+                )
+        return str(stamp)
+
+    def identity_stamp(self, date: str, stem: str) -> str:
+        """An input of the 2D job: ``<work_root>/2D/<date>/.identity/<stem>.json`` holding
+        the L0 file's ``[size, mtime_ns, ctime_ns, inode]`` as scanned.
+
+        A file re-delivered with an older time (``rsync -t``, ``cp -p``) or replaced in
+        place has another identity: the stamp is rewritten, dated now, and the 2D file is
+        made again; an unchanged identity leaves the stamp (dated before the 2D file) alone,
+        so the L0 file's own time, past or future, never decides. Main process only.
+        """
+        stamp = Path(self.cfg["work_root"]) / "2D" / date / ".identity" / f"{stem}.json"
+        if not self.main_process or self.readonly:
+            return str(stamp)
+        text = json.dumps(self._frame(date, stem).identity) + "\n"
+        try:
+            have = stamp.read_text()
+        except OSError:
+            have = None
+        if have == text:
+            return str(stamp)
+        with atomic_output(stamp) as tmp:
+            Path(tmp).write_text(text)
+        two_d = Path(self.twod_path(date, f"{stem}.fits"))
+        if have is None and two_d.is_file():
+            # first stamp of a 2D file made before stamps existed: taken as made from it
+            old = two_d.stat().st_mtime_ns - 1_000_000_000
+            os.utime(stamp, ns=(old, old))
+        return str(stamp)
+
+    def planned_header(self, date: str, stem: str) -> dict:
+        """The header values the plan used (IMTYPE, EXPTIME, MJD-OBS); the 2D job checks
+        the file it reads still has them."""
+        header = self._frame(date, stem).header
+        return {k: header.get(k) for k in PLANNED_KEYS}
+
+    def _frame(self, date: str, stem: str):
+        for frame in self.plan(date).frames:
+            if frame.stem == stem:
+                return frame
+        raise KPFMastersError(f"night {date} has no L0 file {stem}.fits")
+
+    def future_files(self, date: str) -> list[str]:
+        """Log lines naming L0 files whose modification time lies in the future."""
+        now = time.time_ns()
+        out = []
+        for frame in self.plan(date).frames:
+            if frame.mtime_ns > now + 60 * 10**9:
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(frame.mtime_ns / 1e9))
+                out.append(
+                    f"L0 file {frame.path} has a modification time in the future ({when}); "
+                    "converted anyway (its identity, not its time, decides a rerun)"
+                )
+        return out
+
+    def stale_masters(self, date: str) -> list[str]:
+        """Masters of ``date`` on disk that the night's frames no longer make (their frames
+        were reclassified or removed). A master held back for another reason (no order
+        mask, no predecessor) is not stale: its frames still make it."""
+        night = Path(self.cfg["masters_root"]) / date
+        if not night.is_dir():
+            return []
+        plan = self.plan(date)
+        keep = {
+            Path(self.master_path(date, sel.mtype, sel.tag)).name
+            for sel in plan.selections.values()
+            if sel.buildable
+        }
+        return sorted(
+            str(p)
+            for p in night.glob(f"kpf_{date}_master_*.fits")
+            if MASTER_NAME_RE.match(p.name) and p.name not in keep
+        )
+
+    def retire_target(self, date: str) -> str | None:
+        """The receipt of moving ``date``'s stale masters aside (None when there are none):
+        its name carries a digest of the list, so a new stale master is a new target."""
+        stale = self.stale_masters(date)
+        if not stale:
+            return None
+        digest = config_hash([Path(p).name for p in stale])
+        return f"{self.cfg['work_root']}/retired/{date}/{digest}.json"
+
+    def master_params(self, date: str, mtype: str, tag: str | None = None) -> dict:
+        sel = self.selection(date, mtype, tag)
+        settings = self.cfg["masters"][mtype]
         return canonical(
             {
                 "mtype": mtype,
@@ -223,7 +382,7 @@ class Plans:
                 "settings": settings,
                 "flag_fraction": self.cfg["flag_fraction"],
                 "version": __version__,
-                "cfghash": config_hash(__version__, effective),
+                "cfghash": self.cfghash(mtype),
             }
         )
 
@@ -236,6 +395,13 @@ class Plans:
         if report and self.log:
             for line in plan.log_lines():
                 self.log.info(line)
+            for line in self.future_files(date):
+                self.log.warning(line)
+            for path in self.stale_masters(date):
+                self.log.warning(
+                    f"master {path} can no longer be made from the night's frames: moved "
+                    f"aside to {self.cfg['work_root']}/retired/{date}/ and its row removed"
+                )
         if not plan.frames:
             if report and self.log:
                 self.log.warning(f"night {date}: no L0 files under {self.cfg['l0_root']}/{date}")
@@ -267,7 +433,10 @@ class Plans:
         for date in self.cfg["nights"]:
             masters = self.night_targets(date)
             out.extend(masters)
-            if masters:
+            retire = self.retire_target(date)
+            if retire:
+                out.append(retire)
+            if masters or retire:
                 out.append(f"{self.cfg['work_root']}/selection/{date}.txt")
                 if self.cfg["database"]["enabled"]:
                     out.append(f"{self.cfg['work_root']}/registered/{date}.json")
@@ -316,13 +485,24 @@ class Plans:
         return 10 + math.ceil(len(sel.used) * next_ * npix / 2e9)
 
 
-def database_lookup(date: str, mtype: str, max_age_days: int | None) -> Path:
-    """Nearest registered master of ``mtype`` for ``date`` from the calibration database."""
+def database_lookup(
+    date: str, mtype: str, max_age_days: int | None, min_frames: int | None = None
+) -> Path:
+    """Nearest registered master of ``mtype`` for ``date`` from the calibration database,
+    made of at least ``min_frames`` frames (the rule the disk look-up applies too)."""
     from kpfmasters.db import connect, nearest_master
+    from kpfmasters.db.nearest import DEFAULT_MIN_NFRAMES
 
     conn = connect()
     try:
-        return nearest_master(conn, date, mtype, max_age_days=max_age_days)
+        return nearest_master(
+            conn,
+            date,
+            mtype,
+            max_age_days=max_age_days,
+            min_nframes=DEFAULT_MIN_NFRAMES if min_frames is None else min_frames,
+            other_nights=True,  # as on disk: the night's own master is never its predecessor
+        )
     finally:
         conn.close()
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from kpfmasters import __version__
+from kpfmasters.io.files import file_identity
 from kpfmasters.io.fits import atomic_output
 from kpfmasters.plan.night import Frame, system_failure
 
@@ -30,11 +30,6 @@ PREFIX = "2D conversion failed: "
 
 def rejects_dir(work_root: str | Path, date: str) -> Path:
     return Path(work_root) / "rejects" / date
-
-
-def file_identity(stat: os.stat_result) -> list[int]:
-    """[size, mtime_ns, ctime_ns, inode]: a rewrite, a rename over it or a chmod changes it."""
-    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
 
 
 def is_transient(exc: BaseException) -> bool:

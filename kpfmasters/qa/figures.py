@@ -328,11 +328,17 @@ def statistics_rows(records: list[dict]) -> str:
     return "<table>" + "\n".join(rows) + "</table>"
 
 
-def warnings_block(warnings_list: list[str]) -> str:
+def warnings_block(warnings_list: list[str], notes: list[str] | None = None) -> str:
+    """The warnings (or "No QA warning."), then the notes: flags that are information."""
     if not warnings_list:
-        return "<div class=ok>No QA warning.</div>"
-    items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings_list)
-    return f"<div class=warn><b>{len(warnings_list)} QA warning(s)</b><ul>{items}</ul></div>"
+        out = "<div class=ok>No QA warning.</div>"
+    else:
+        items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings_list)
+        out = f"<div class=warn><b>{len(warnings_list)} QA warning(s)</b><ul>{items}</ul></div>"
+    if notes:
+        items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+        out += f"<div class=ok><b>{len(notes)} note(s)</b><ul>{items}</ul></div>"
+    return out
 
 
 def rejects_block(rejects: list[dict]) -> str:
@@ -395,7 +401,7 @@ def page(title: str, body: str) -> str:
 
 def master_page(rec: dict) -> str:
     """Statistics, warnings and provenance of one master (an HTML page)."""
-    body = warnings_block(rec.get("warnings") or [])
+    body = warnings_block(rec.get("warnings") or [], rec.get("notes") or [])
     body += "<h3>Statistics (QC keywords)</h3>" + statistics_rows([rec])
     body += provenance_block(rec)
     return page(f"{rec['file']}", body)
@@ -404,7 +410,7 @@ def master_page(rec: dict) -> str:
 def night_page(doc: dict) -> str:
     """The night's warnings and the statistics table of every master (an HTML page)."""
     date = doc["date"]
-    body = warnings_block(doc.get("warnings") or [])
+    body = warnings_block(doc.get("warnings") or [], doc.get("notes") or [])
     body += rejects_block(doc.get("rejects") or [])
     body += f"<h3>Statistics of the {len(doc['masters'])} master(s)</h3>"
     body += statistics_rows(doc["masters"])

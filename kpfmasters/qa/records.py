@@ -186,8 +186,34 @@ def master_record(path: str | Path, settings: dict | None = None) -> dict:
     return _clean(record)
 
 
-def check_record(record: dict, qa: dict, flag_fraction: float) -> list[str]:
+def by_construction(record: dict) -> bool:
+    """Whether a master's low-CNT flag follows from its frame count alone.
+
+    Made of fewer frames than its ``flag_min_count``, every pixel's count is below it (e.g.
+    5 darks with ``flag_min_count`` 10): such a flag is information, not a warning.
+
+    Parameters
+    ----------
+    record : dict
+        As returned by :func:`master_record` (``nframes``, ``configuration``).
+
+    Returns
+    -------
+    bool
+        True when ``nframes < configuration["flag_min_count"]``.
+    """
+    settings = record.get("configuration") or {}
+    nframes, floor = record.get("nframes"), settings.get("flag_min_count")
+    return isinstance(nframes, int) and isinstance(floor, int) and nframes < floor
+
+
+def check_record(
+    record: dict, qa: dict, flag_fraction: float, notes: list | None = None
+) -> list[str]:
     """Warnings for one master record under the ``qa`` thresholds.
+
+    A low-CNT flag that follows by construction (:func:`by_construction`) is appended to
+    ``notes`` (when given) instead of the warnings.
 
     Parameters
     ----------
@@ -199,6 +225,8 @@ def check_record(record: dict, qa: dict, flag_fraction: float) -> list[str]:
         ``warn_low_count``, ``max_read_noise`` in electrons).
     flag_fraction : float
         The configuration's fraction of low-count pixels that sets an INFOBITS bit.
+    notes : list, optional
+        Where information lines go (flags that follow from the frame count).
 
     Returns
     -------
@@ -233,10 +261,19 @@ def check_record(record: dict, qa: dict, flag_fraction: float) -> list[str]:
             )
         low = stats.get("low_count_fraction")
         if qa["warn_low_count"] and low is not None and low > flag_fraction:
-            warnings.append(
+            text = (
                 f"{label} {ext}: {100 * low:.1f}% of the pixels have a low CNT, more than "
                 f"flag_fraction = {100 * flag_fraction:g}% (INFOBITS set)"
             )
+            if by_construction(record):
+                if notes is not None:
+                    floor = record["configuration"]["flag_min_count"]
+                    notes.append(
+                        f"{text}: by construction, {record['nframes']} frame(s) < "
+                        f"flag_min_count {floor}"
+                    )
+            else:
+                warnings.append(text)
         rn_limit = qa["max_read_noise"]
         for n, rn in enumerate(stats.get("read_noise") or [], start=1):
             if rn_limit is not None and rn is not None and rn > rn_limit:
@@ -269,13 +306,15 @@ def assessed_record(
     Returns
     -------
     dict
-        The record with ``warnings`` (list of str), or, on failure, a minimal record with
-        ``error`` and one warning.
+        The record with ``warnings`` and ``notes`` (lists of str), or, on failure, a
+        minimal record with ``error`` and one warning.
     """
     path = Path(path)
     try:
         record = master_record(path, settings)
-        record["warnings"] = check_record(record, qa, flag_fraction)
+        notes: list[str] = []
+        record["warnings"] = check_record(record, qa, flag_fraction, notes)
+        record["notes"] = notes
         return record
     except Exception as exc:
         problem = f"{type(exc).__name__}: {exc}"
@@ -292,6 +331,7 @@ def assessed_record(
             "inputs": [],
             "ccds": {},
             "warnings": [f"QA of {path.name} failed ({problem}): no statistics"],
+            "notes": [],
         }
 
 
@@ -329,10 +369,12 @@ def night_report(
     dict
         JSON-safe: ``date``, ``created`` (UTC, ISO 8601), ``software_version``, ``qa``,
         ``flag_fraction``, ``masters`` (one record each, :func:`assessed_record`, with its
-        ``previews``), the night's ``rejects`` and all ``warnings``.
+        ``previews``), the night's ``rejects``, all ``warnings`` and all ``notes`` (flags
+        that are information).
     """
     records = []
     all_warnings = []
+    all_notes = []
     for path in masters:
         kind = master_kind(path)
         record = assessed_record(
@@ -340,6 +382,7 @@ def night_report(
         )
         record["previews"] = (previews or {}).get(record["master"], {})
         all_warnings += record["warnings"]
+        all_notes += record.get("notes", [])
         records.append(record)
     return _clean(
         {
@@ -351,5 +394,6 @@ def night_report(
             "masters": records,
             "rejects": list(rejects or []),
             "warnings": all_warnings,
+            "notes": all_notes,
         }
     )

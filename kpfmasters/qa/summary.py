@@ -13,13 +13,22 @@ from kpfmasters.core.products import MASTER_TYPES, product
 
 
 def master_row(path: str | Path) -> dict:
-    """Summary of one master file (median over its first CCD extension present)."""
+    """Summary of one master file (median of its first CCD extension present).
+
+    The median is the extension's ``QCMEDIAN`` (the pixels QA takes: finite ones; for the
+    flat, those with UNC > 0), so this table and the headers agree; a master without QC
+    keywords gets the median of its finite pixels.
+    """
     path = Path(path)
     with fits.open(path, memmap=True) as hdul:
         prim = hdul[0].header
         ext = next(e for e in CCD_EXTS if e in hdul)
-        median = float(np.nanmedian(hdul[ext].data))
-        bunit = hdul[ext].header.get("BUNIT", "")
+        header = hdul[ext].header
+        if "QCMEDIAN" in header:
+            median = float(header["QCMEDIAN"])
+        else:
+            median = float(np.nanmedian(hdul[ext].data))
+        bunit = header.get("BUNIT", "")
     match = MASTER_NAME_RE.match(path.name)
     kind = match.group("type") if match else prim.get("IMTYPE", "?").lower()
     if kind in MASTER_TYPES and product(kind).per_object:
