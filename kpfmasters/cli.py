@@ -24,6 +24,7 @@ COMMANDS = {
     "stack": "stack",
     "db": "db",
     "daily": "daily",
+    "rejects": "rejects",
     "demo": "demo",
 }
 

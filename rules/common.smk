@@ -185,6 +185,11 @@ def qa_order_mask(wildcards):
     return [CFG["order_mask"]] if wildcards.kind == "flat" else []
 
 
+def night_rejects(wildcards):
+    """Parameter of night_qa: the night's rejects (a change rewrites the QA document)."""
+    return PLANS.night_rejects(wildcards.date)
+
+
 def qa_settings_of(wildcards):
     return ws.canonical(CFG["masters"][wildcards.kind.split("_", 1)[0]])
 

@@ -68,6 +68,7 @@ rule night_qa:
         qa=QA_CFG,
         flag_fraction=CFG["flag_fraction"],
         settings=ws.canonical(CFG["masters"]),
+        rejects=night_rejects,
     script:
         "../scripts/night_qa.py"
 

@@ -1,8 +1,12 @@
-"""Snakemake script of rule ``l0_to_2d``: one L0 file -> its 2D file (SPEC section 2)."""
+"""Snakemake script of rule ``l0_to_2d``: one L0 file -> its 2D file (SPEC section 2).
+
+A frame the conversion refuses is recorded as a reject (left out from the next run on);
+a failure of the system (permission denied, I/O error) only fails the job.
+"""
 
 from kpfmasters.core.errors import InputError
 from kpfmasters.core.logs import script_logging
-from kpfmasters.plan.rejects import record_rejection
+from kpfmasters.plan.rejects import is_transient, record_rejection
 from kpfmasters.science.l0to2d import AmpGeometry, convert_l0, describe
 from kpfmasters.workflow.jobs import check_planned_header
 
@@ -22,6 +26,9 @@ with script_logging(snakemake.log[0], "kpfmasters.l0_to_2d") as log:
             snakemake.params.l0, snakemake.output[0], geometry, snakemake.params.adc_scale, threads
         )
     except InputError as exc:
-        record_rejection(snakemake.params.rejects_dir, snakemake.params.l0, exc.problem)
+        if is_transient(exc):
+            log.error("%s: not recorded as a reject (a failure of the system)", exc)
+        else:
+            record_rejection(snakemake.params.rejects_dir, snakemake.params.l0, exc.problem)
         raise
     log.info("%s", describe(report))

@@ -29,6 +29,7 @@ with script_logging(snakemake.log[0], "kpfmasters.night_qa") as log:
         float(snakemake.params.flag_fraction),
         settings=snakemake.params.settings,
         previews=previews,
+        rejects=snakemake.params.rejects,
     )
     for warning in doc["warnings"]:
         log.warning("QA: %s", warning)

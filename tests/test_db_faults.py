@@ -159,7 +159,7 @@ def test_db_register_command_faults_then_a_rerun_registers(
     masters = tmp_path / "masters"
     simulate_night(tmp_path / "sim", DATE, seed=9, size=48, counts=COUNTS, extras=False)
     frames = sorted((tmp_path / "sim" / "L0" / DATE).glob("KP.*.fits"))
-    geometry = AmpGeometry(4, 50, 30, 5, 2.1)
+    geometry = AmpGeometry(4, 50, 30, 5, 2.1, ("GREEN",), ())
     paths = []
     for frame in frames:
         paths.append(tmp_path / "2D" / frame.name.replace(".fits", "_2D.fits"))

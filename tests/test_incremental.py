@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 
-import numpy as np
 import pytest
 import yaml
 from astropy.io import fits
@@ -72,7 +71,8 @@ def add_frame_like(night, source_name, seconds):
         hdul[0].header["DATE-OBS"] = Time(hdul[0].header["MJD-OBS"], format="mjd").isot
         for hdu in hdul[1:]:
             if hdu.is_image and hdu.data is not None:
-                hdu.data = hdu.data + np.int32(65536)  # one DN more: a different exposure
+                # one DN more (raw DN * 65536 in the amplifiers): a different exposure
+                hdu.data = hdu.data + (65536 if "_AMP" in hdu.name else 1)
         hdul.writeto(night.l0_root / DATE / name)
     return name
 

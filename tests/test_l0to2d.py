@@ -32,7 +32,11 @@ from kpfmasters.sim.simulate import expected_2d, simulate_night
 REPO = Path(__file__).resolve().parents[1]
 ADC = 65536
 KPF_GEOMETRY = AmpGeometry.from_config(load_config(DEFAULT_CONFIG_PATH, {"date": "20230606"}))
-SMALL = AmpGeometry(prescan=3, serial_overscan=12, parallel_overscan=5, edge_skip=2, nsigma=2.1)
+# KPF's orientation: GREEN flipped up-down after tiling in 2-amplifier mode
+KPF_FLIPS = {"flip_2amp": ("GREEN",), "flip_4amp": ()}
+SMALL = AmpGeometry(
+    prescan=3, serial_overscan=12, parallel_overscan=5, edge_skip=2, nsigma=2.1, **KPF_FLIPS
+)
 GAINS = {"GREEN": [1.5, 2.0, 0.75, 1.25], "RED": [1.25, 0.75, 2.0, 1.5]}
 PEDESTALS = {"GREEN": [1000, 1200, 900, 1100], "RED": [800, 950, 1050, 1150]}  # DN
 GARBAGE = 2_000_000_000  # prescan, parallel-overscan data columns, skipped edge columns
@@ -139,13 +143,16 @@ def write_l0(
 
 
 def make_case(tmp_path, namps=2, drows=20, dcols=16, geo=SMALL, name="KP.20240101.00001.00"):
-    """An L0 file with both CCDs and its truth (electrons, per CCD)."""
+    """An L0 file with both CCDs and its truth (electrons, per CCD, as the 2D image has it:
+    in 2-amplifier mode KPF's GREEN image is the tiled amplifiers flipped up-down)."""
     shape = (drows if namps == 2 else 2 * drows, 2 * dcols)
     ccds, truth = {}, {}
     for i, ccd in enumerate(("GREEN", "RED")):
         t = truth_image(shape, seed=i)
         ccds[ccd] = build_amps(t, namps, geo, GAINS[ccd], PEDESTALS[ccd])
         truth[ccd] = electrons_of(t, GAINS[ccd], namps, drows, dcols)
+        if ccd == "GREEN" and namps == 2:
+            truth[ccd] = truth[ccd][::-1]
     return ccds, truth
 
 
@@ -224,14 +231,25 @@ def test_strip_statistics_equal_clipped_mean_and_robust_std_bit_for_bit():
 def test_geometry_from_config_and_validation():
     geo = AmpGeometry.from_config(load_config(DEFAULT_CONFIG_PATH))
     assert geo == AmpGeometry(
-        prescan=4, serial_overscan=50, parallel_overscan=30, edge_skip=5, nsigma=2.1
+        prescan=4, serial_overscan=50, parallel_overscan=30, edge_skip=5, nsigma=2.1, **KPF_FLIPS
     )
     assert geo.data_size((4110, 2094)) == (4080, 2040)
     assert geo.strip_columns(2094) == slice(2049, 2089)
     with pytest.raises(ConfigError, match="serial_overscan"):
-        AmpGeometry(prescan=4, serial_overscan=10, parallel_overscan=30, edge_skip=5, nsigma=2)
+        AmpGeometry(
+            prescan=4, serial_overscan=10, parallel_overscan=30, edge_skip=5, nsigma=2, **KPF_FLIPS
+        )
     with pytest.raises(ConfigError, match="prescan"):
-        AmpGeometry(prescan=-1, serial_overscan=50, parallel_overscan=30, edge_skip=5, nsigma=2.1)
+        AmpGeometry(
+            prescan=-1,
+            serial_overscan=50,
+            parallel_overscan=30,
+            edge_skip=5,
+            nsigma=2.1,
+            **KPF_FLIPS,
+        )
+    with pytest.raises(ConfigError, match="flip_2amp"):
+        AmpGeometry(**{**vars(geo), "flip_2amp": ("BLUE",)})
 
 
 def test_orient_flips_views():
@@ -283,7 +301,9 @@ def test_convert_recovers_truth_and_overscan_exactly(tmp_path, namps):
 
 @pytest.mark.parametrize("namps", [2, 4])
 def test_orientation_markers(tmp_path, namps):
-    """A marker next to each amplifier's prescan corner lands in its CCD corner."""
+    """A marker next to each amplifier's prescan corner lands in its CCD corner; in
+    2-amplifier mode KPF's GREEN image is then flipped up-down (its amplifiers read from the
+    other edge), so GREEN's markers land on the top row and RED's on the bottom row."""
     geo, drows, dcols = SMALL, 20, 16
     nrows, ncols = drows + geo.parallel_overscan, dcols + geo.prescan + geo.serial_overscan
     ped = 1000 * ADC
@@ -295,18 +315,26 @@ def test_orientation_markers(tmp_path, namps):
         amp[first_row, first_col] += number * ADC  # marker: `number` DN
         amps.append(amp)
     gains = {"GREEN": [1.0] * 4, "RED": [1.0] * 4}
-    l0 = write_l0(tmp_path / "l0.fits", {"GREEN": amps}, gains=gains)
+    l0 = write_l0(tmp_path / "l0.fits", {"GREEN": amps, "RED": amps}, gains=gains)
     out = tmp_path / "l0_2D.fits"
     convert_l0(l0, out, geo, ADC)
-    image = fits.getdata(out, "GREEN_CCD")
-    top, right = image.shape[0] - 1, image.shape[1] - 1
-    corners = {1: (0, 0), 2: (0, right), 3: (top, 0), 4: (top, right)}
-    expected = np.zeros(image.shape, dtype=np.float32)
-    for number in range(1, namps + 1):
-        expected[corners[number]] = number
-    if namps == 2:  # AMP1/AMP2 read from the bottom row, full height
-        assert image.shape == (drows, 2 * dcols)
-    np.testing.assert_array_equal(image, expected)
+    for ccd in ("GREEN", "RED"):
+        image = fits.getdata(out, f"{ccd}_CCD")
+        top, right = image.shape[0] - 1, image.shape[1] - 1
+        corners = {1: (0, 0), 2: (0, right), 3: (top, 0), 4: (top, right)}
+        expected = np.zeros(image.shape, dtype=np.float32)
+        for number in range(1, namps + 1):
+            expected[corners[number]] = number
+        if namps == 2:  # AMP1/AMP2 read from the bottom row, full height
+            assert image.shape == (drows, 2 * dcols)
+        flipped = ccd == "GREEN" and namps == 2
+        assert fits.getheader(out, f"{ccd}_CCD")["FLIPUD"] is flipped
+        np.testing.assert_array_equal(image, expected[::-1] if flipped else expected)
+    # the flip is configuration: none in 2-amplifier mode gives the tiled image as it is
+    plain = AmpGeometry(**{**vars(geo), "flip_2amp": ()})
+    convert_l0(l0, tmp_path / "plain_2D.fits", plain, ADC)
+    red = fits.getdata(out, "RED_CCD")
+    np.testing.assert_array_equal(fits.getdata(tmp_path / "plain_2D.fits", "GREEN_CCD"), red)
 
 
 def test_threads_give_the_same_file_content(tmp_path):
@@ -348,7 +376,7 @@ def test_noisy_overscan_and_full_geometry(tmp_path):
     l0 = write_l0(tmp_path / "l0.fits", {"GREEN": amps, "RED": amps})
     out = tmp_path / "l0_2D.fits"
     report = convert_l0(l0, out, geo, ADC)
-    image = fits.getdata(out, "GREEN_CCD")
+    image = fits.getdata(out, "GREEN_CCD")[::-1]  # KPF's GREEN, 2 amplifiers: flipped
     assert image.shape == (40, 48)
     for number in (1, 2):
         gain = GAINS["GREEN"][number - 1]
@@ -546,13 +574,9 @@ def test_missing_file(tmp_path):
 def small_config(tmp_path) -> Path:
     cfg = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
     cfg["work_root"] = str(tmp_path / "work")
-    cfg["amplifier"] = {
-        "prescan": 3,
-        "serial_overscan": 12,
-        "parallel_overscan": 5,
-        "overscan_edge_skip": 2,
-        "overscan_nsigma": 2.1,
-    }
+    cfg["amplifier"].update(
+        prescan=3, serial_overscan=12, parallel_overscan=5, overscan_edge_skip=2
+    )
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -595,6 +619,8 @@ def test_snakemake_script(tmp_path):
         "parallel_overscan": 5,
         "edge_skip": 2,
         "nsigma": 2.1,
+        "flip_2amp": ["GREEN"],
+        "flip_4amp": [],
     }
     planned = {k: fits.getheader(l0).get(k) for k in ("IMTYPE", "EXPTIME", "MJD-OBS")}
     snakemake = SimpleNamespace(

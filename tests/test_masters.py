@@ -6,6 +6,8 @@ back with astropy. Tolerances are derived from the simulated noise and stated wh
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -93,7 +95,7 @@ def test_layout_dtypes_and_keywords(night, kind):
         for e in exts:
             x = h[e].header
             assert x["BUNIT"] == (units[1] if e == "CA_HK" else units[0])
-            for key in ("NFRAMES", "MINMJD", "MAXMJD", "INFOBITS"):
+            for key in ("NFRAMES", "MINMJD", "MAXMJD", "MIDMJD", "DATE-MID", "INFOBITS"):
                 assert x[key] == p[key], (e, key)
             assert "CHECKSUM" in x and "DATASUM" in x
         inputs = {
@@ -124,6 +126,11 @@ def test_inputs_are_exactly_the_selected_frames(night, kind):
         assert h[0].header["NFRAMES"] == len(expected)
         assert h[0].header["MINMJD"] == pytest.approx(min(f.mjd_obs for f in expected), abs=1e-9)
         assert h[0].header["MAXMJD"] == pytest.approx(max(f.mjd_obs for f in expected), abs=1e-9)
+        mid = 0.5 * (h[0].header["MINMJD"] + h[0].header["MAXMJD"])
+        assert h[0].header["MIDMJD"] == mid
+        when = dt.datetime(1858, 11, 17) + dt.timedelta(days=mid)
+        got = dt.datetime.fromisoformat(h[0].header["DATE-MID"])
+        assert abs((got - when).total_seconds()) <= 0.0005
         if obj:
             assert h[0].header["OBJECT"] == obj
     unwanted = [f.name for f in night.sim.frames if f.expected_master is None]
@@ -268,3 +275,98 @@ def test_twelve_frame_bias_follows_the_rule(night, tmp_path):
         frac = np.mean(h["GREEN_CCD_CNT"].data < 10)
         assert 0.01 < frac < 0.05
         assert h[0].header["INFOBITS"] & 1
+
+
+def two_d_paths(night, frames):
+    return [
+        str(night.work_root / "2D" / DATE / f.name.replace(".fits", "_2D.fits")) for f in frames
+    ]
+
+
+def rows_of(frames):
+    return [
+        {
+            "FILENAME": f.name.replace(".fits", "_2D.fits"),
+            "L0FILE": f.name,
+            "MJD_OBS": f.mjd_obs,
+            "EXPTIME": f.exptime,
+            "USED": True,
+            "REASON": "",
+        }
+        for f in frames
+    ]
+
+
+def test_predecessor_without_an_extension_costs_only_that_extension(night, tmp_path):
+    """An older bias without CA_HK: the dark is made for GREEN and RED, CA_HK left out and
+    the INPUTS table says why."""
+    from kpfmasters.io.fits import write_fits
+
+    old_bias = tmp_path / "kpf_20230601_master_bias.fits"
+    with fits.open(night.master(DATE, "bias")) as h:
+        keep = [x.copy() for x in h if not x.name.startswith("CA_HK")]
+        write_fits(fits.HDUList(keep), old_bias)
+    darks = night.sim.expected("dark")
+    cfg = load_config(overrides={"date": DATE})
+    settings = cfg["masters"]["dark"]
+    out = tmp_path / "dark.fits"
+    job = MasterJob(
+        "dark",
+        DATE,
+        str(out),
+        two_d_paths(night, darks),
+        rows_of(darks),
+        settings,
+        cfg["stack"],
+        cfg["flag_fraction"],
+        predecessors={"bias": str(old_bias)},
+    )
+    build_master(job)
+    with fits.open(out) as h:
+        assert [x.name for x in h][:3] == ["PRIMARY", "GREEN_CCD", "RED_CCD"]
+        assert "CA_HK" not in h
+        comments = " ".join(str(c) for c in h["INPUTS"].header["COMMENT"])
+        assert "CA_HK left out" in comments and old_bias.name in comments
+        with fits.open(night.master(DATE, "dark")) as made:
+            np.testing.assert_array_equal(h["GREEN_CCD"].data, made["GREEN_CCD"].data)
+
+
+def test_order_mask_with_a_ca_hk_image_is_read_for_green_and_red_only(night, tmp_path):
+    """KPF's order masks are copies of a 2D file and may carry a CA_HK image (of another
+    shape): it is ignored, the flat is the same."""
+    from kpfmasters.io.fits import write_fits
+
+    mask = tmp_path / "mask_with_cahk.fits"
+    with fits.open(night.order_mask) as h:
+        hdus = [x.copy() for x in h]
+    hdus.append(fits.ImageHDU(np.full((7, 9), 3, dtype=np.int16), name="CA_HK"))
+    write_fits(fits.HDUList(hdus), mask)
+    flats = night.sim.expected("flat")
+    cfg = load_config(overrides={"date": DATE})
+    settings = cfg["masters"]["flat"]
+    out = tmp_path / "flat.fits"
+    preds = {m: str(night.master(DATE, m)) for m in ("bias", "dark")}
+    job = MasterJob(
+        "flat",
+        DATE,
+        str(out),
+        two_d_paths(night, flats),
+        rows_of(flats),
+        settings,
+        cfg["stack"],
+        cfg["flag_fraction"],
+        predecessors=preds,
+        order_mask=str(mask),
+    )
+    build_master(job)
+    with fits.open(out) as h, fits.open(night.master(DATE, "flat")) as made:
+        for ext in ("GREEN_CCD", "RED_CCD", "CA_HK"):
+            np.testing.assert_array_equal(h[ext].data, made[ext].data)
+
+
+def test_mid_time_is_the_mean_instant_in_utc():
+    from kpfmasters.science.master import mid_time
+
+    assert mid_time(60101.25, 60101.75) == (60101.5, "2023-06-06T12:00:00.000")
+    mid, iso = mid_time(60101.0, 60101.0 + 1.0 / 86400 / 1000 * 1.6)  # 1.6 ms apart
+    assert iso == "2023-06-06T00:00:00.001"  # 0.8 ms, rounded to the millisecond

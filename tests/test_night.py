@@ -84,7 +84,9 @@ def test_index_is_reused_until_a_file_changes(tmp_path, monkeypatch):
 
     calls = []
     real = night_mod.read_frame
-    monkeypatch.setattr(night_mod, "read_frame", lambda p, g: calls.append(p.name) or real(p, g))
+    monkeypatch.setattr(
+        night_mod, "read_frame", lambda p, g, k: calls.append(p.name) or real(p, g, k)
+    )
     mtime = index.stat().st_mtime_ns
     frames, _ = scan_night(tmp_path, DATE, index, GEOM)
     assert calls == [] and len(frames) == 2 and index.stat().st_mtime_ns == mtime

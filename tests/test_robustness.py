@@ -54,9 +54,10 @@ HOSTILE = "Th Ar/../sky 'lamp'"  # spaces, slashes, dots, quotes
 NON_ASCII_BYTES = "autocal-é-lamp".encode()  # written into the header as raw UTF-8 bytes
 NON_ASCII_READ = "autocal-\\xc3\\xa9-lamp"  # as the index reads it: astropy says "??"
 # Pixels set to NaN, +Inf, -Inf in GREEN_AMP1 (stored rows, columns) of one bias; AMP1 is
-# not flipped, so CCD pixel = (row, column - prescan).
+# not mirrored, but KPF's GREEN image (2 amplifiers) is flipped up-down after tiling, so
+# CCD pixel = (SIZE - 1 - row, column - prescan).
 BAD_PIXELS = [(10, 10, np.nan), (11, 12, np.inf), (12, 14, -np.inf)]
-BAD_CCD_PIXELS = {(10, 6), (11, 8), (12, 10)}
+BAD_CCD_PIXELS = {(SIZE - 1 - row, col - 4) for row, col, _ in BAD_PIXELS}
 
 # case -> seconds after UT midnight of the derived file
 CASES = {

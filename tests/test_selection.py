@@ -25,30 +25,30 @@ def frame(name_sec, imtype, exptime, mjd, obj="x", problem="", shapes=None, **ex
 
 
 def test_rule_comparisons():
-    f = frame(1, "bias", 0.0, 60000.1)
+    f = frame(1, "bias", 0.0, 60101.1)
     assert (
         check_rule(f, {"keyword": "IMTYPE", "op": "==", "value": "Bias", "ignore_case": True}) == ""
     )
     assert "fails" in check_rule(f, {"keyword": "IMTYPE", "op": "==", "value": "Bias"})
     assert check_rule(f, {"keyword": "EXPTIME", "op": "<=", "value": 0.1}) == ""
     assert "missing" in check_rule(f, {"keyword": "ELAPSED", "op": "<=", "value": 0.1})
-    g = frame(2, "Bias", "zero", 60000.2)
+    g = frame(2, "Bias", "zero", 60101.2)
     assert "not a number" in check_rule(g, {"keyword": "EXPTIME", "op": "==", "value": 0.0})
-    h = frame(3, "Arclamp", 30.0, 60000.3, obj=" une")
+    h = frame(3, "Arclamp", 30.0, 60101.3, obj=" une")
     assert "fails" in check_rule(h, {"keyword": "OBJECT", "op": "==", "value": "une"})
 
 
 def test_default_selection_and_order(base_config):
     frames = [
-        frame(500, "Bias", 0.0, 60000.50),
-        frame(100, "Bias", 0.0, 60000.10),
-        frame(300, "Bias", 0.0, 60000.10),  # same MJD as 100: ordered by name
-        frame(200, "BIAS", 0.0, 60000.20),  # IMTYPE compared case-insensitively
-        frame(600, "Dark", 600.0, 60000.60),
-        frame(700, "Dark", 60.0, 60000.70),  # short dark: not selected
-        frame(800, "Flatlamp", 30.0, 60000.80),
-        frame(900, "Flatlamp", 120.0, 60000.90),  # long flat: not selected
-        frame(950, "Object", 600.0, 60000.95),
+        frame(500, "Bias", 0.0, 60101.50),
+        frame(100, "Bias", 0.0, 60101.10),
+        frame(300, "Bias", 0.0, 60101.10),  # same MJD as 100: ordered by name
+        frame(200, "BIAS", 0.0, 60101.20),  # IMTYPE compared case-insensitively
+        frame(600, "Dark", 600.0, 60101.60),
+        frame(700, "Dark", 60.0, 60101.70),  # short dark: not selected
+        frame(800, "Flatlamp", 30.0, 60101.80),
+        frame(900, "Flatlamp", 120.0, 60101.90),  # long flat: not selected
+        frame(950, "Object", 600.0, 60101.95),
     ]
     plan = plan_night(frames, [], DATE, base_config)
     bias = plan.get("bias")
@@ -66,7 +66,7 @@ def test_default_selection_and_order(base_config):
 
 def test_arclamp_groups_and_configured_objects(base_config):
     frames = [
-        frame(100 + i, "Arclamp", 30.0, 60000.1 + i / 100, obj=o)
+        frame(100 + i, "Arclamp", 30.0, 60101.1 + i / 100, obj=o)
         for i, o in enumerate(["une", "thar", "une", "thar", "etalon", "a b/c"])
     ]
     plan = plan_night(frames, [], DATE, base_config)
@@ -82,13 +82,13 @@ def test_arclamp_groups_and_configured_objects(base_config):
 def test_unusable_frames_are_listed_not_used(base_config):
     small = {"GREEN_CCD": [8, 8], "RED_CCD": [8, 8]}
     frames = [
-        frame(100, "Flatlamp", 30.0, 60000.10),
-        frame(200, "Flatlamp", 30.0, 60000.20, problem="truncated: extension GREEN_AMP2"),
+        frame(100, "Flatlamp", 30.0, 60101.10),
+        frame(200, "Flatlamp", 30.0, 60101.20, problem="truncated: extension GREEN_AMP2"),
         frame(300, "Flatlamp", 30.0, None),
-        frame(400, "Flatlamp", 0.0, 60000.40),
-        frame(500, "Flatlamp", 30.0, 60000.50, shapes=small),
-        frame(600, "Flatlamp", 30.0, 60000.60),
-        frame(700, "Flatlamp", 30.0, 60000.60),  # duplicate of 600? different size: no
+        frame(400, "Flatlamp", 0.0, 60101.40),
+        frame(500, "Flatlamp", 30.0, 60101.50, shapes=small),
+        frame(600, "Flatlamp", 30.0, 60101.60),
+        frame(700, "Flatlamp", 30.0, 60101.60),  # duplicate of 600? different size: no
     ]
     frames[6].size = frames[5].size
     plan = plan_night(frames, [], DATE, base_config)
@@ -115,7 +115,7 @@ def test_unusable_frames_are_listed_not_used(base_config):
 
 
 def test_near_misses_and_log_lines(base_config):
-    frames = [frame(100, "Bias", 0.0, 60000.1), frame(200, "Bias", 1.0, 60000.2)]
+    frames = [frame(100, "Bias", 0.0, 60101.1), frame(200, "Bias", 1.0, 60101.2)]
     plan = plan_night(frames, [("KP.20230606.00300.00-2.fits", "re-delivered")], DATE, base_config)
     text = "\n".join(plan.log_lines())
     assert "ignored KP.20230606.00300.00-2.fits: re-delivered" in text
@@ -125,7 +125,7 @@ def test_near_misses_and_log_lines(base_config):
 
 @pytest.mark.parametrize("k", ["IMTYPE", "EXPTIME"])
 def test_missing_keyword_never_selects(base_config, k):
-    f = frame(100, "Bias", 0.0, 60000.1)
+    f = frame(100, "Bias", 0.0, 60101.1)
     del f.header[k]
     sel = select([f], DATE, "bias", base_config["masters"]["bias"]["select"], 2)
     assert sel.picks == []

@@ -89,6 +89,8 @@ def tiny_2d(path, geom: Geometry):
                 tiles.append(orient(data - strip.mean(), amp))
             if geom.amps == 2:
                 result[ccd] = np.hstack(tiles)
+                if ccd == "GREEN_CCD":  # KPF: GREEN's two amplifiers read from the other edge
+                    result[ccd] = result[ccd][::-1]
             else:
                 result[ccd] = np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])])
         result["CA_HK"] = hdul["CA_HK"].data.astype(np.float64)
@@ -144,8 +146,10 @@ def test_default_night_names_and_selection(night):
     assert kinds.count("bias") == 12 and kinds.count("dark") == 5 and kinds.count("flat") == 8
     arcs = [f.object for f in night.frames if f.kind == "arclamp"]
     assert {o: arcs.count(o) for o in set(arcs)} == {
-        "autocal-une-sky": 5,
-        "autocal-thar-all-eve": 5,
+        "autocal-thar-all-morn": 3,
+        "autocal-une-all-morn": 3,
+        "autocal-lfc-all-morn": 3,
+        "autocal-etalon-all-morn": 3,
     }
     extras = {f.kind: f for f in night.frames if f.expected_master is None}
     assert set(extras) == {"short_dark", "long_flat", "science", "redelivered"}
@@ -167,7 +171,7 @@ def test_default_night_names_and_selection(night):
     # Distinct times, and file-name order is time order.
     mjds = [f.mjd_obs for f in sorted(valid, key=lambda f: f.name)]
     assert all(b > a for a, b in zip(mjds, mjds[1:], strict=False))
-    assert len(night.expected("arclamp", "autocal-une-sky")) == 5
+    assert len(night.expected("arclamp", "autocal-lfc-all-morn")) == 3
     assert [f.kind for f in night.expected("bias")] == ["bias"] * 12
 
 
@@ -216,8 +220,12 @@ def test_amplifier_shapes_mirroring_and_overscan(which, request):
             for ccd in CCDS:
                 truth = sim.ccds[ccd]
                 for i in range(amps):
-                    raw = hdul[f"{ccd.split('_')[0]}_AMP{i + 1}"].data
-                    assert raw.dtype == np.dtype(">i4") and raw.shape == shape
+                    hdu = hdul[f"{ccd.split('_')[0]}_AMP{i + 1}"]
+                    raw = hdu.data
+                    # KPF's encoding: unsigned 32-bit via BZERO, RICE-compressed
+                    assert isinstance(hdu, fits.CompImageHDU)
+                    assert hdu.header["BITPIX"] == 32 and hdu.header["BZERO"] == 2**31
+                    assert raw.dtype == np.dtype("uint32") and raw.shape == shape
                     ped = truth.pedestal[i] * geom.adc_scale
                     assert ped == int(ped) == pedestal_raw(truth, i, geom)
                     # The oriented block: everything outside the data is the pedestal.
@@ -296,13 +304,12 @@ def test_truth_levels_are_realistic(night):
         scattered = np.median(truth.lamp[off])
         assert 0.002 * truth.lamp.max() < scattered < 0.02 * truth.lamp.max()
         assert np.median(truth.lamp[on]) > 20 * scattered
-        une, thar = truth.arc["autocal-une-sky"], truth.arc["autocal-thar-all-eve"]
+        une, thar = truth.arc["autocal-une-all-morn"], truth.arc["autocal-thar-all-morn"]
         assert not np.allclose(une, thar)
         assert 100_000 >= 30 * thar.max() >= 20000
-        # The UNe lamp lights the SKY orderlet only; ThAr all five.
-        lit = [une[truth.order_mask == v].max() for v in range(1, 6)]
-        assert lit[0] > 10 * max(lit[1:])
-        assert min(thar[truth.order_mask == v].max() for v in range(1, 6)) > 0.3 * thar.max()
+        # The "-all-" lamps light all five orderlets.
+        for lamp in (une, thar):
+            assert min(lamp[truth.order_mask == v].max() for v in range(1, 6)) > 0.3 * lamp.max()
         assert all(4.5 <= g <= 5.5 for g in truth.gain)
         assert all(3 <= r <= 5 for r in truth.read_noise)
 
@@ -353,8 +360,8 @@ def test_load_truth_round_trip(night):
 
 def test_compressed_files_read_back_identical(tmp_path):
     kwargs = dict(seed=7, size=64, counts=TINY, extras=False)
-    plain = simulate_night(tmp_path / "plain", DATE, **kwargs)
-    packed = simulate_night(tmp_path / "packed", DATE, compress=True, **kwargs)
+    plain = simulate_night(tmp_path / "plain", DATE, compress=False, **kwargs)
+    packed = simulate_night(tmp_path / "packed", DATE, **kwargs)
     for a, b in zip(plain.frames, packed.frames, strict=True):
         assert a.name == b.name
         with fits.open(a.path) as ha, fits.open(b.path) as hb:
@@ -448,3 +455,103 @@ def test_rerun_replaces_a_simulated_night_but_not_foreign_files(tmp_path):
     with pytest.raises(ValueError, match="not written by the simulator"):
         simulate_night(tmp_path, DATE, size=64, counts=small)
     assert foreign.exists() and len(list(again.l0_dir.iterdir())) == 4
+
+
+# ----------------------------------------------------------------- KPF's keywords and encoding
+
+
+def test_kpf_keywords_elapsed_shutters_and_comb(night):
+    shutters = ("SCISEL", "SKYSEL", "FFSHTR", "SCRAMSHT", "SIMCALSH")
+    seen = set()
+    for frame in night.frames:
+        head = fits.getheader(frame.path)
+        states = {k: head[k] for k in shutters}
+        if frame.kind == "bias":
+            assert 0.019 <= head["ELAPSED"] <= 0.024 and head["EXPTIME"] == 0.0
+        if frame.light == "none":
+            assert set(states.values()) == {"closed"}, frame.kind
+        else:
+            assert "open" in states.values()
+        comb = frame.object == "autocal-lfc-all-morn"
+        assert ("LFCCEOFR" in head) is comb and ("LFCFRREF" in head) is comb
+        if comb:
+            assert head["LFCCEOFR"] == pytest.approx(5.22) and head["LFCFRREF"] == 20.0
+        seen.add(frame.object)
+    assert {"autocal-bias", "autocal-dark", "autocal-flat-all"} <= seen
+    with fits.open(night.frames[0].path, disable_image_compression=True) as hdul:
+        table = hdul["GREEN_AMP1"].header
+        assert table["ZCMPTYPE"] == "RICE_1" and table["ZBITPIX"] == 32
+    with fits.open(night.frames[0].path, do_not_scale_image_data=True) as hdul:
+        assert hdul["GREEN_AMP1"].header["BZERO"] == 2**31
+        assert hdul["CA_HK"].header["BITPIX"] == 16 and hdul["CA_HK"].header["BZERO"] == 32768
+
+
+def test_saturated_pixel_reads_65535_dn(tmp_path):
+    """The ADC saturates at 65535 DN = 65535 * 65536 raw (beyond int32), read back from the
+    file and through the L0 -> 2D step."""
+    from kpfmasters.science.l0to2d import convert_l0
+    from kpfmasters.sim.simulate import amp_raw, frame_hdul, render_frame
+
+    sim = simulate_night(tmp_path / "sim", DATE, seed=6, size=64, noise=False, counts=TINY)
+    flat = sim.expected("flat")[0]
+    truth = sim.ccds["RED_CCD"]
+    raw, _ = amp_raw(truth, sim.geometry, 0, truth.lamp * np.float32(1000), flat.exptime)
+    assert raw.dtype == np.uint32 and raw.max() == 65535 * 65536
+    images = render_frame(sim, flat, noise=False)
+    images["RED_AMP1"] = raw
+    path = tmp_path / flat.name
+    frame_hdul(sim, flat, images, compress=True).writeto(path)
+    with fits.open(path) as hdul:
+        stored = hdul["RED_AMP1"].data
+        assert stored.max() == 65535 * 65536 and stored.max() / 65536 == 65535
+    out = tmp_path / "2D.fits"
+    report = convert_l0(path, out, kpf_geometry(), 65536)
+    image = fits.getdata(out, "RED_CCD")
+    level = report["overscan"]["RED"][0]
+    assert image[:, :32].max() == np.float32(65535 * truth.gain[0] - level)
+
+
+def test_manual_frames_are_marked(tmp_path):
+    sim = simulate_night(
+        tmp_path / "sim", DATE, seed=2, size=48, counts=TINY, extras=False, manual=True
+    )
+    manual = [f for f in sim.frames if f.kind == "manual"]
+    assert [(f.imtype, f.object) for f in manual] == [
+        ("Bias", "bias"),
+        ("Bias", "autocal-bias"),
+        ("Bias", "autocal-bias"),
+        ("Dark", "test-dark"),
+        ("Flatlamp", "manual-flat"),
+    ]
+    heads = [fits.getheader(f.path) for f in manual]
+    assert heads[1]["FFSHTR"] == "open" and heads[2]["ELAPSED"] == 0.5
+
+
+def test_trace_lands_where_kpf_orientation_puts_it(quiet, tmp_path):
+    """In 2-amplifier mode KPF's GREEN amplifiers read from the other edge: a trace at 2D
+    row y (truth and order mask) is stored at amplifier row N - 1 - y, and the L0 -> 2D step
+    puts it back at y; RED is stored as it lies."""
+    from kpfmasters.science.l0to2d import convert_l0
+
+    flat = quiet.expected("flat")[0]
+    out = tmp_path / "flat_2D.fits"
+    convert_l0(flat.path, out, kpf_geometry(), quiet.geometry.adc_scale)
+    n = quiet.geometry.size
+    column = 10  # a column of AMP1
+    with fits.open(flat.path) as l0, fits.open(out) as two_d:
+        for ccd in CCDS:
+            truth = quiet.ccds[ccd]
+            y = int(np.argmax(truth.lamp[:, column]))  # brightest trace row in 2D orientation
+            assert truth.order_mask[y, column] > 0
+            stored = l0[f"{ccd.split('_')[0]}_AMP1"].data[:n, 4 + column].astype(np.int64)
+            expected_row = n - 1 - y if ccd == "GREEN_CCD" else y
+            assert int(np.argmax(stored)) == expected_row, ccd
+            assert int(np.argmax(two_d[ccd].data[:, column])) == y, ccd
+
+
+def kpf_geometry():
+    """The amplifier geometry of config.yaml (KPF's)."""
+    from kpfmasters.core.config import load_config
+    from kpfmasters.science.l0to2d import AmpGeometry
+
+    return AmpGeometry.from_config(load_config(overrides={"date": DATE}))

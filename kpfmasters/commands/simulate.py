@@ -71,7 +71,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CCD data size: small (128), medium (512), full (4080) or a number of pixels",
     )
     parser.add_argument("--no-noise", action="store_true", help="noise-free frames")
-    parser.add_argument("--compress", action="store_true", help="RICE-compress amplifiers")
+    packing = parser.add_mutually_exclusive_group()
+    packing.add_argument(
+        "--compress",
+        dest="compress",
+        action="store_true",
+        default=True,
+        help="RICE-compress amplifiers, as KPF does (the default)",
+    )
+    packing.add_argument(
+        "--plain", dest="compress", action="store_false", help="write amplifiers uncompressed"
+    )
+    parser.add_argument(
+        "--manual",
+        action="store_true",
+        help="add frames taken by hand or for tests, which KPF's production rules leave out",
+    )
     parser.add_argument(
         "--no-extras",
         action="store_true",
@@ -98,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
             counts=args.counts,
             compress=args.compress,
             extras=not args.no_extras,
+            manual=args.manual,
         )
     except ValueError as exc:
         raise KPFMastersError(str(exc)) from exc

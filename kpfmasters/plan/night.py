@@ -2,9 +2,12 @@
 structurally usable, scanned once per night and cached in one index file.
 
 The index (``<work_root>/index/<date>.json``) keeps, for every L0 file, the header keywords
-selection needs, the CCD shapes its amplifiers make, and a problem string when the file
-cannot be used. An entry is reused while the file's size and modification time are unchanged,
-so a night is read once and a re-run reads only new or changed files.
+selection needs (:data:`HEADER_KEYS` and every keyword a configured rule names), the CCD
+shapes its amplifiers make, and a problem string when the file cannot be used. An entry is
+reused while the file's size and modification time are unchanged and the index holds the
+keywords asked for, so a night is read once and a re-run reads only new or changed files.
+A failure of the system while reading (permission denied, an I/O error) makes the frame
+unusable for this run only: it is never written to the index.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
 from kpfmasters.core.naming import parse_l0_name
+from kpfmasters.io.files import file_identity
 from kpfmasters.io.fits import atomic_output
+from kpfmasters.science.l0read import unparsable_card
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 4
+INDEX_VERSION = 6
 HEADER_KEYS = ("IMTYPE", "OBJECT", "EXPTIME", "ELAPSED", "MJD-OBS", "DATE-OBS")
 CCDS = ("GREEN", "RED")
 _AMP_RE = re.compile(r"^(GREEN|RED)_AMP([1-4])$")
@@ -43,7 +48,8 @@ class Frame:
     ``ccd_shapes`` maps ``GREEN_CCD``/``RED_CCD``/``CA_HK`` to the (rows, cols) the 2D image
     will have. ``problem`` is empty for a usable file, else says why it cannot be used.
     ``note`` says what was read leniently (non-ASCII header bytes: see
-    :func:`raw_object_value`).
+    :func:`raw_object_value`). ``transient``: the problem is the system's (permission
+    denied, I/O error), not the file's, so the frame is read again next time.
     """
 
     name: str
@@ -54,6 +60,7 @@ class Frame:
     ccd_shapes: dict = field(default_factory=dict)
     problem: str = ""
     note: str = ""
+    transient: bool = False
     # The rest of the file's identity: a file replaced in place or re-delivered with an
     # older time (``rsync -t``, ``cp -p``) changes its ctime or inode even when size and
     # mtime stay.
@@ -103,6 +110,8 @@ def _ccd_shapes(hdul: fits.HDUList, amp_geometry: dict) -> tuple[dict, str]:
         name = hdu.name.upper()
         match = _AMP_RE.match(name)
         if match:
+            if int(match.group(2)) in amps[match.group(1)]:
+                return {}, f"extension {name} appears more than once"
             amps[match.group(1)][int(match.group(2))] = hdu.header
         elif name == "CA_HK" and hdu.is_image and hdu.header.get("NAXIS", 0) == 2:
             shapes["CA_HK"] = (hdu.header["NAXIS2"], hdu.header["NAXIS1"])
@@ -128,6 +137,11 @@ def _ccd_shapes(hdul: fits.HDUList, amp_geometry: dict) -> tuple[dict, str]:
                 return {}, f"extension {ext} is not a 2-D image"
             if not is_number(header.get("CCDGAIN")):
                 return {}, f"extension {ext}: keyword CCDGAIN missing or not a number"
+            if header["CCDGAIN"] <= 0:
+                return {}, (
+                    f"extension {ext}: keyword CCDGAIN is {header['CCDGAIN']!r}, expected a "
+                    "positive number (electrons/DN)"
+                )
             dims.add((header["NAXIS2"], header["NAXIS1"]))
         if len(dims) != 1:
             return {}, f"{ccd} amplifiers differ in shape: {sorted(dims)}"
@@ -204,9 +218,29 @@ def raw_object_value(path: Path) -> str | None:
     return "".join("\\\\" if b == 0x5C else chr(b) if b < 0x80 else f"\\x{b:02x}" for b in raw)
 
 
-def read_frame(path: Path, amp_geometry: dict) -> Frame:
-    """Read one L0 file's headers (never its pixels) into a :class:`Frame`."""
-    stat = path.stat()
+def system_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is the operating system's
+    failure (an :class:`OSError` with an errno: permission denied, I/O error, file gone),
+    not a fault of the file's content; astropy's own OSErrors carry no errno."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def read_frame(path: Path, amp_geometry: dict, keys: tuple[str, ...] = HEADER_KEYS) -> Frame:
+    """Read one L0 file's headers (never its pixels) into a :class:`Frame`.
+
+    ``keys``: the PRIMARY keywords to keep (:data:`HEADER_KEYS` and those rules name). A
+    failure of the system (see :func:`system_failure`) gives a ``transient`` problem.
+    """
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        frame = Frame(name=path.name, path=str(path), size=-1, mtime_ns=-1, transient=True)
+        frame.problem = f"cannot be read ({exc.strerror or exc})"
+        return frame
     frame = Frame(
         name=path.name,
         path=str(path),
@@ -224,8 +258,19 @@ def read_frame(path: Path, amp_geometry: dict) -> Frame:
             warnings.filterwarnings("always", NON_ASCII_WARNING, AstropyUserWarning)
             with fits.open(path, lazy_load_hdus=True, memmap=False) as hdul:
                 primary = hdul[0].header
-                frame.header = {k: _jsonable(primary[k]) for k in HEADER_KEYS if k in primary}
+                bad = unparsable_card(primary)
+                if bad is not None:
+                    frame.problem = f"PRIMARY header card {bad} cannot be parsed"
+                    return frame
+                frame.header = {k: _jsonable(primary[k]) for k in keys if k in primary}
                 hdul.readall()
+                for i, hdu in enumerate(hdul):  # before fileinfo, which "fixes" bad cards
+                    bad = unparsable_card(hdu.header)
+                    if bad is not None:
+                        frame.problem = (
+                            f"{hdu.name or f'HDU {i}'} header card {bad} cannot be parsed"
+                        )
+                        return frame
                 for i in range(len(hdul)):
                     info = hdul.fileinfo(i)
                     end = info["datLoc"] + info["datSpan"]
@@ -236,7 +281,13 @@ def read_frame(path: Path, amp_geometry: dict) -> Frame:
                         )
                         return frame
                 shapes, problem = _ccd_shapes(hdul, amp_geometry)
-    except (OSError, ValueError, TypeError, KeyError, IndexError, AstropyUserWarning) as exc:
+    except OSError as exc:
+        if system_failure(exc):
+            frame.problem, frame.transient = f"cannot be read ({exc.strerror or exc})", True
+        else:
+            frame.problem = f"not a readable FITS file ({exc})"
+        return frame
+    except (ValueError, TypeError, KeyError, IndexError, AstropyUserWarning) as exc:
         frame.problem = f"not a readable FITS file ({exc})"
         return frame
     frame.ccd_shapes = {k: list(v) for k, v in shapes.items()}
@@ -247,6 +298,7 @@ def read_frame(path: Path, amp_geometry: dict) -> Frame:
             escaped = raw_object_value(path)
         except OSError as exc:
             frame.problem = f"cannot be read ({exc.strerror or exc})"
+            frame.transient = system_failure(exc)
             return frame
         if escaped is not None:
             frame.header["OBJECT"] = escaped
@@ -274,45 +326,67 @@ def list_l0_files(l0_root: str | Path, date: str) -> tuple[list[Path], list[tupl
     return keep, ignored
 
 
+def index_keys(extra=()) -> list[str]:
+    """The PRIMARY keywords an index holds: :data:`HEADER_KEYS` then ``extra`` (sorted)."""
+    return [*HEADER_KEYS, *sorted(set(extra) - set(HEADER_KEYS))]
+
+
 def scan_night(
     l0_root: str | Path,
     date: str,
     index_path: str | Path | None,
     amp_geometry: dict,
+    keys=(),
     write: bool = True,
 ) -> tuple[list[Frame], list[tuple[str, str]]]:
     """All L0 frames of ``date`` (sorted by name) and the ignored files with reasons.
 
-    With ``index_path``, unchanged files (same size, mtime, ctime and inode) are taken from
-    the index and the index is rewritten (atomically) only when something changed, and only
-    with ``write`` (a command that only shows writes nothing).
+    ``keys``: PRIMARY keywords to keep besides :data:`HEADER_KEYS` (those the selection
+    rules name). With ``index_path``, unchanged files (same size, mtime, ctime and inode)
+    are taken from the index (when it holds the same keywords) and the index is rewritten
+    (atomically) only when something changed, and only with ``write`` (a command that only
+    shows writes nothing). Frames with a transient problem (:attr:`Frame.transient`) are
+    left out of it.
     """
     paths, ignored = list_l0_files(l0_root, date)
+    wanted = index_keys(keys)
     cached: dict[str, dict] = {}
     geometry_key = json.dumps(amp_geometry, sort_keys=True)
     if index_path and Path(index_path).is_file():
         try:
             data = json.loads(Path(index_path).read_text())
-            if data.get("version") == INDEX_VERSION and data.get("geometry") == geometry_key:
+            if (
+                data.get("version") == INDEX_VERSION
+                and data.get("geometry") == geometry_key
+                and data.get("keys") == wanted
+            ):
                 cached = {f["path"]: f for f in data["frames"]}
         except (OSError, ValueError, KeyError, TypeError):
             log.warning("index %s unreadable; rescanning night %s", index_path, date)
     frames, changed = [], False
     for path in paths:
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except OSError:
+            stat = None
         entry = cached.get(str(path))
-        identity = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
-        if entry and Frame(**entry).identity == identity:
+        identity = None if stat is None else file_identity(stat)
+        if entry and identity is not None and Frame(**entry).identity == identity:
             frames.append(Frame(**entry))
         else:
-            frames.append(read_frame(path, amp_geometry))
+            frame = read_frame(path, amp_geometry, tuple(wanted))
+            if frame.transient:
+                log.warning("%s: %s; tried again next time", path, frame.problem)
+            frames.append(frame)
             changed = True
-    if write and index_path and (changed or len(frames) != len(cached)):
+    kept = [f for f in frames if not f.transient]
+    if write and index_path and (changed or len(kept) != len(cached)):
         payload = {
             "version": INDEX_VERSION,
             "date": date,
             "geometry": geometry_key,
-            "frames": [asdict(f) for f in frames],
+            "keys": wanted,
+            "frames": [asdict(f) for f in kept],
         }
         with atomic_output(index_path) as tmp:
             Path(tmp).write_text(json.dumps(payload, indent=1))

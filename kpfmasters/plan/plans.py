@@ -31,12 +31,13 @@ from kpfmasters.core.naming import (
     wls_name,
 )
 from kpfmasters.core.products import product
+from kpfmasters.io.files import file_identity
 from kpfmasters.io.fits import atomic_output, check_complete, verify_checksums
 from kpfmasters.plan.night import scan_night
 from kpfmasters.plan.predecessors import Candidate, masters_on_disk, nearest
 from kpfmasters.plan.previous import previous_master
-from kpfmasters.plan.rejects import apply_rejections, rejects_dir
-from kpfmasters.plan.selection import NightPlan, Selection, plan_night
+from kpfmasters.plan.rejects import apply_rejections, night_rejections, rejects_dir
+from kpfmasters.plan.selection import NightPlan, Selection, plan_night, selection_keywords
 
 
 def canonical(value):
@@ -98,6 +99,8 @@ class Plans:
             "parallel_overscan": amp["parallel_overscan"],
             "edge_skip": amp["overscan_edge_skip"],
             "nsigma": amp["overscan_nsigma"],
+            "flip_2amp": list(amp["flip_updown"]["two_amp"]),
+            "flip_4amp": list(amp["flip_updown"]["four_amp"]),
         }
 
     # -- plans -----------------------------------------------------------------------------
@@ -108,11 +111,16 @@ class Plans:
                 date,
                 self.index_path(date),
                 self.amp_geometry(),
+                selection_keywords(self.cfg),
                 write=not self.readonly,
             )
             apply_rejections(frames, self.cfg["work_root"], date)
             self._plans[date] = plan_night(frames, ignored, date, self.cfg)
         return self._plans[date]
+
+    def night_rejects(self, date: str) -> list[dict]:
+        """The night's rejects (:func:`kpfmasters.plan.rejects.night_rejections`)."""
+        return night_rejections(self.cfg["work_root"], self.cfg["l0_root"], date)
 
     def selection(self, date: str, mtype: str, tag: str | None = None) -> Selection:
         sel = self.plan(date).get(mtype, tag if mtype == "arclamp" else None)
@@ -204,7 +212,7 @@ class Plans:
             stat = path.stat()
         except OSError as exc:
             return f"cannot be read ({exc.strerror})"
-        version = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+        version = file_identity(stat)
         if self._verified is None:
             try:
                 loaded = json.loads(self.verified_path().read_text())

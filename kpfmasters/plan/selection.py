@@ -1,13 +1,19 @@
 """Which frames make which master (SPEC section 3), decided from the night's headers.
 
-A selection rule is ``{keyword, op, value, ignore_case}`` from ``config.yaml``; a frame is
-picked by a master when every rule holds. Picked frames are ordered by ``MJD-OBS`` then file
-name. A picked frame can still be unusable (unreadable, truncated, duplicate, wrong CCD
-shape, no exposure time to normalise by); it is then listed with ``USED = false`` and why.
+A selection rule is ``{keyword, op, value, ignore_case}`` from ``config.yaml`` on any
+PRIMARY keyword; a frame is picked by a master when every rule holds. String values compare
+without trailing blanks (the FITS rule); with ``ignore_case`` also without leading blanks
+and ignoring case, which is how arclamp OBJECT groups compare (as the database key does).
+Picked frames are ordered by ``MJD-OBS`` then file name. A picked frame can still be
+unusable (unreadable, truncated, duplicate, wrong CCD shape, no exposure time to normalise
+by, ``DATE-OBS``/``MJD-OBS`` outside the night of its file name, ``EXPTIME`` above
+``ELAPSED``); it is then listed with ``USED = false`` and why.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 import operator
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,6 +21,8 @@ from dataclasses import dataclass, field
 from kpfmasters.core.naming import object_tag, two_d_name
 from kpfmasters.core.products import MASTERS
 from kpfmasters.plan.night import Frame, is_number
+
+MJD_EPOCH = dt.date(1858, 11, 17)
 
 OPS = {
     "==": operator.eq,
@@ -41,11 +49,25 @@ def check_rule(frame: Frame, rule: dict) -> str:
             return f"{key} {have!r} is not a number"
         ok = OPS[op](float(have), float(want))
     else:
-        left, right = str(have), str(want)
+        left, right = str(have).rstrip(" "), str(want).rstrip(" ")
         if rule.get("ignore_case"):
-            left, right = left.strip().casefold(), right.strip().casefold()
+            left, right = group_key(left), group_key(right)
         ok = OPS[op](left, right)
     return "" if ok else f"{key} {have!r} fails {op} {want!r}"
+
+
+def group_key(value) -> str:
+    """How OBJECT groups (and ``ignore_case`` rules) compare: without surrounding blanks,
+    ignoring case."""
+    return str(value).strip().casefold()
+
+
+def selection_keywords(cfg: dict) -> list[str]:
+    """Every PRIMARY keyword the configured selection rules (and arclamp grouping) name."""
+    masters = cfg["masters"]
+    keys = {rule["keyword"] for m in masters.values() for rule in m["select"]}
+    keys.add(masters["arclamp"]["group_by"])
+    return sorted(keys)
 
 
 def rule_failures(frame: Frame, rules: list[dict]) -> list[str]:
@@ -130,8 +152,34 @@ class Selection:
         return lines
 
 
-def _usability(frames: list[Frame], mtype: str) -> dict[str, str]:
-    """Reason each picked frame is unusable ('' when usable), frames in stacking order."""
+def outside_night(frame: Frame, date: str) -> str:
+    """Why ``frame``'s ``MJD-OBS`` or ``DATE-OBS`` lies outside UT date ``date``
+    (``YYYYMMDD``, the night of its file name), '' when both lie inside (or are absent).
+    Such a frame is a copy or link of another night's file."""
+    day = dt.datetime.strptime(date, "%Y%m%d").date()
+    mjd = frame.number("MJD-OBS")
+    if mjd is not None and math.floor(mjd) != (day - MJD_EPOCH).days:
+        return f"MJD-OBS {mjd!r} lies outside night {date} (a copy of another night's file?)"
+    when = frame.header.get("DATE-OBS")
+    if isinstance(when, str) and when.strip():
+        if when.strip()[:10] != day.isoformat():
+            return f"DATE-OBS {when!r} lies outside night {date} (a copy of another night's file?)"
+    return ""
+
+
+def exposure_problem(frame: Frame) -> str:
+    """Why ``frame``'s ``EXPTIME`` cannot be right: it exceeds ``ELAPSED`` (seconds)."""
+    exptime, elapsed = frame.number("EXPTIME"), frame.number("ELAPSED")
+    if exptime is not None and elapsed is not None and exptime > elapsed:
+        return f"EXPTIME {exptime!r} s exceeds ELAPSED {elapsed!r} s"
+    return ""
+
+
+def _usability(frames: list[Frame], mtype: str, date: str | None = None) -> dict[str, str]:
+    """Reason each picked frame is unusable ('' when usable), frames in stacking order.
+
+    With ``date``, frames whose time lies outside that night are unusable too.
+    """
     reasons: dict[str, str] = {}
     seen: dict[tuple, str] = {}
     for frame in frames:
@@ -141,6 +189,10 @@ def _usability(frames: list[Frame], mtype: str) -> dict[str, str]:
                 reason = f"MJD-OBS {frame.header['MJD-OBS']!r} is not a number"
             else:
                 reason = "MJD-OBS missing"
+        if not reason and date is not None:
+            reason = outside_night(frame, date)
+        if not reason:
+            reason = exposure_problem(frame)
         if not reason and MASTERS[mtype].per_second:
             exptime = frame.number("EXPTIME")
             if exptime is None or exptime <= 0:
@@ -187,9 +239,21 @@ def select(
         elif not check_rule(frame, rules[0]):
             sel.near_misses.append((frame.name, "; ".join(failures)))
     ordered = stacking_order(picked)
-    reasons = _usability(ordered, mtype)
+    reasons = _usability(ordered, mtype, date)
     sel.picks = [Pick(f, used=not reasons[f.name], reason=reasons[f.name]) for f in ordered]
     return sel
+
+
+def arclamp_groups(base: Selection, key: str) -> list[str]:
+    """One value of ``key`` per group of the arclamp frames ``base`` picked, groups compared
+    by :func:`group_key`: the spelling (without surrounding blanks) of the group's first
+    frame in stacking order names it. Sorted by name."""
+    names: dict[str, str] = {}
+    for pick in base.picks:
+        if key in pick.frame.header:
+            value = str(pick.frame.header[key]).strip()
+            names.setdefault(group_key(value), value)
+    return sorted(names.values())
 
 
 @dataclass
@@ -256,11 +320,9 @@ def plan_night(
     arc = masters["arclamp"]
     key = arc["group_by"]
     base = select(frames, date, "arclamp", arc["select"], min_frames)
-    objects = list(arc["objects"]) or sorted(
-        {str(p.frame.header.get(key)) for p in base.picks if key in p.frame.header}
-    )
+    objects = [str(o).strip() for o in arc["objects"]] or arclamp_groups(base, key)
     for obj in objects:
-        rules = [*arc["select"], {"keyword": key, "op": "==", "value": obj}]
+        rules = [*arc["select"], {"keyword": key, "op": "==", "value": obj, "ignore_case": True}]
         sel = select(frames, date, "arclamp", rules, min_frames, obj=obj)
         other_lamps = {p.frame.name for p in base.picks}
         sel.near_misses = [(n, r) for n, r in sel.near_misses if n not in other_lamps]

@@ -341,6 +341,19 @@ def warnings_block(warnings_list: list[str], notes: list[str] | None = None) -> 
     return out
 
 
+def rejects_block(rejects: list[dict]) -> str:
+    """The frames L0 -> 2D refused (left out of the night's masters), one line each."""
+    if not rejects:
+        return "<p>No frame was refused by L0 &rarr; 2D.</p>"
+    items = "".join(
+        f"<li><code>{html.escape(r['name'])}</code>: {html.escape(r['problem'])}"
+        f"{'' if r.get('current', True) else ' (stale: tried again next run)'}</li>"
+        for r in rejects
+    )
+    title = f"{len(rejects)} frame(s) refused by L0 &rarr; 2D"
+    return f"<div class=warn><b>{title}</b><ul>{items}</ul></div>"
+
+
 def provenance_block(rec: dict) -> str:
     import json
 
@@ -398,6 +411,7 @@ def night_page(doc: dict) -> str:
     """The night's warnings and the statistics table of every master (an HTML page)."""
     date = doc["date"]
     body = warnings_block(doc.get("warnings") or [], doc.get("notes") or [])
+    body += rejects_block(doc.get("rejects") or [])
     body += f"<h3>Statistics of the {len(doc['masters'])} master(s)</h3>"
     body += statistics_rows(doc["masters"])
     body += (

@@ -342,6 +342,7 @@ def night_report(
     flag_fraction: float,
     settings: dict | None = None,
     previews: dict[str, dict] | None = None,
+    rejects: list[dict] | None = None,
 ) -> dict:
     """The night's QA document (written as ``kpf_<date>_masters_qa.json``).
 
@@ -359,13 +360,17 @@ def night_report(
         Master type -> its configuration section.
     previews : dict, optional
         Master kind -> {CCD: {figure: path}}.
+    rejects : list of dict, optional
+        The frames L0 -> 2D refused (:func:`kpfmasters.plan.rejects.night_rejections`:
+        ``name``, ``problem``, ``version``, ``current``).
 
     Returns
     -------
     dict
         JSON-safe: ``date``, ``created`` (UTC, ISO 8601), ``software_version``, ``qa``,
         ``flag_fraction``, ``masters`` (one record each, :func:`assessed_record`, with its
-        ``previews``), all ``warnings`` and all ``notes`` (flags that are information).
+        ``previews``), the night's ``rejects``, all ``warnings`` and all ``notes`` (flags
+        that are information).
     """
     records = []
     all_warnings = []
@@ -387,6 +392,7 @@ def night_report(
             "qa": qa,
             "flag_fraction": flag_fraction,
             "masters": records,
+            "rejects": list(rejects or []),
             "warnings": all_warnings,
             "notes": all_notes,
         }

@@ -9,7 +9,14 @@ SPEC section 2, for each CCD (GREEN, RED):
    ``[prescan + ndata + edge_skip, ncols - edge_skip)``; subtract it.
 4. Keep rows ``[0, nrows - parallel_overscan)`` and columns ``[prescan, prescan + ndata)``,
    undo the flip, tile: AMP1 bottom-left (lowest row indices), AMP2 bottom-right, AMP3
-   top-left, AMP4 top-right; 2 amplifiers: AMP1 | AMP2 side by side at full height.
+   top-left, AMP4 top-right; 2 amplifiers: AMP1 | AMP2 side by side at full height. Then
+   the CCDs configured for the amplifier mode (KPF: GREEN in 2-amplifier mode, whose two
+   amplifiers read from the other edge) are flipped up-down, so 2D images, order masks and
+   traces share KPF production's orientation.
+
+Raw values are read as stored and scaled here (``stored * BSCALE + BZERO``, float64, see
+:mod:`kpfmasters.science.l0read`): unsigned and scaled encodings cost one more operation on a block
+that is in cache, and plain images stay memory-mapped.
 
 ``ndata = ncols - prescan - serial_overscan``: the data size is what remains of the image, so
 small simulated frames go through the same code as real 4110 x 2094 amplifiers.
@@ -29,7 +36,17 @@ from astropy.io import fits
 
 from kpfmasters.core.errors import ConfigError, InputError
 from kpfmasters.io.fits import write_fits
-from kpfmasters.science.l0read import CCDS, amp_data, amp_gain, find_amps, image_data, open_l0
+from kpfmasters.science.l0read import (
+    CCDS,
+    Scaling,
+    amp_data,
+    amp_gain,
+    find_amps,
+    image_data,
+    image_scaling,
+    open_l0,
+    physical,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +55,7 @@ ROW_BLOCK = 32
 # Big-endian float32, as FITS stores it: astropy then writes and checksums without a byteswap.
 FITS_FLOAT32 = np.dtype(">f4")
 AMPS_KEYWORD = {"GREEN": "GRNAMPS", "RED": "REDAMPS"}
+UNSCALED = Scaling()
 
 
 @dataclass(frozen=True)
@@ -45,7 +63,8 @@ class AmpGeometry:
     """Amplifier layout, in pixels (columns for the first two, rows for the third).
 
     ``edge_skip`` columns are skipped at each edge of the serial overscan; ``nsigma`` is the
-    clip k of the overscan level.
+    clip k of the overscan level. ``flip_2amp``/``flip_4amp``: the CCDs (``GREEN``,
+    ``RED``) whose tiled image is flipped up-down in 2- and 4-amplifier mode.
     """
 
     prescan: int
@@ -53,8 +72,17 @@ class AmpGeometry:
     parallel_overscan: int
     edge_skip: int
     nsigma: float
+    flip_2amp: tuple[str, ...]
+    flip_4amp: tuple[str, ...]
 
     def __post_init__(self):
+        for name in ("flip_2amp", "flip_4amp"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(v in CCDS for v in value):
+                raise ConfigError(
+                    f"amplifier geometry {name}: {value!r} is not a list of CCDs {list(CCDS)}"
+                )
+            object.__setattr__(self, name, tuple(value))
         for name in ("prescan", "serial_overscan", "parallel_overscan", "edge_skip"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
@@ -77,7 +105,13 @@ class AmpGeometry:
             parallel_overscan=amp["parallel_overscan"],
             edge_skip=amp["overscan_edge_skip"],
             nsigma=amp["overscan_nsigma"],
+            flip_2amp=tuple(amp["flip_updown"]["two_amp"]),
+            flip_4amp=tuple(amp["flip_updown"]["four_amp"]),
         )
+
+    def flipped(self, ccd: str, namps: int) -> bool:
+        """Whether ``ccd``'s tiled image is flipped up-down with ``namps`` amplifiers."""
+        return ccd in (self.flip_2amp if namps == 2 else self.flip_4amp)
 
     def data_size(self, shape: tuple[int, int]) -> tuple[int, int]:
         """(data rows, data columns) of an amplifier of ``shape`` (rows, cols)."""
@@ -130,15 +164,37 @@ def tile_slices(number: int, namps: int, drows: int, dcols: int) -> tuple[slice,
     return row, col
 
 
-def to_electrons(raw: np.ndarray, adc_scale: float, gain: float, out: np.ndarray) -> np.ndarray:
-    """``raw / adc_scale * gain`` into the float64 array ``out`` (same shape); returns ``out``.
+def to_electrons(
+    raw: np.ndarray,
+    adc_scale: float,
+    gain: float,
+    out: np.ndarray,
+    scaling: Scaling = UNSCALED,
+) -> np.ndarray:
+    """``(raw * bscale + bzero) / adc_scale * gain`` into float64 ``out``; returns ``out``.
 
-    For a power-of-two ``adc_scale`` the division is exact, so one multiplication by
-    ``gain / adc_scale`` gives bit-identical results in one pass.
+    ``raw`` holds stored values, ``scaling`` their BSCALE/BZERO (``out`` has ``raw``'s
+    shape). The physical value is exact in float64 for every integer encoding (and for
+    float32), so every encoding of the same physical values gives the same bits. For a
+    power-of-two ``adc_scale`` the division is exact, so one multiplication by
+    ``gain / adc_scale`` gives bit-identical results.
     """
-    if math.frexp(adc_scale)[0] == 0.5:
-        return np.multiply(raw, gain / adc_scale, out=out)
-    np.divide(raw, adc_scale, out=out)
+    power_of_two = math.frexp(adc_scale)[0] == 0.5
+    if scaling.bscale == 1 and scaling.bzero == 0:
+        if power_of_two:
+            return np.multiply(raw, gain / adc_scale, out=out)
+        np.divide(raw, adc_scale, out=out)
+    else:
+        if scaling.bscale == 1:
+            np.add(raw, np.float64(scaling.bzero), out=out)
+        else:
+            np.multiply(raw, np.float64(scaling.bscale), out=out)
+            if scaling.bzero != 0:
+                out += np.float64(scaling.bzero)
+        if power_of_two:
+            out *= gain / adc_scale
+            return out
+        out /= adc_scale
     out *= gain
     return out
 
@@ -164,18 +220,26 @@ def strip_statistics(e: np.ndarray, nsigma: float) -> tuple[float, float]:
 
 
 def overscan_statistics(
-    raw: np.ndarray, number: int, gain: float, geometry: AmpGeometry, adc_scale: float
+    raw: np.ndarray,
+    number: int,
+    gain: float,
+    geometry: AmpGeometry,
+    adc_scale: float,
+    scaling: Scaling = UNSCALED,
 ) -> tuple[float, float]:
     """(level, read noise), electrons, of amplifier ``number`` given as stored (rows, cols).
 
     Both come from the strip of all rows and the columns :meth:`AmpGeometry.strip_columns`
     of the oriented amplifier: the level is its clipped mean (k = ``geometry.nsigma``,
     :func:`clipped_mean`), the noise its :func:`robust_std`. Both are NaN when the strip
-    holds a NaN or Inf value.
+    holds a NaN, Inf or BLANK value.
     """
     oriented = orient(raw, number)
     strip = oriented[:, geometry.strip_columns(oriented.shape[1])]
-    e = to_electrons(strip, adc_scale, gain, np.empty(strip.shape, dtype=np.float64)).ravel()
+    if scaling.blank is not None and np.any(strip == scaling.blank):
+        return math.nan, math.nan
+    e = np.empty(strip.shape, dtype=np.float64)
+    e = to_electrons(strip, adc_scale, gain, e, scaling).ravel()
     if raw.dtype.kind == "f" and not np.isfinite(e).all():
         return math.nan, math.nan
     return strip_statistics(e, geometry.nsigma)
@@ -189,24 +253,32 @@ def robust_std(values: np.ndarray) -> float:
 
 
 def subtract_into(
-    raw: np.ndarray, gain: float, level: float, adc_scale: float, out: np.ndarray
+    raw: np.ndarray,
+    gain: float,
+    level: float,
+    adc_scale: float,
+    out: np.ndarray,
+    scaling: Scaling = UNSCALED,
 ) -> None:
-    """``out[...] = float32(raw / adc_scale * gain - level)``, in float64 blocks of rows.
+    """``out[...] = float32(physical(raw) / adc_scale * gain - level)``, in float64 blocks.
 
-    ``raw`` and ``out`` are 2-D of the same shape (views allowed, any strides); the float64
-    scratch block is reused so no full-size temporary is made. Non-finite values of a
-    floating-point ``raw`` (NaN, +-Inf) become NaN: a missing pixel for the stack.
+    ``raw`` (stored values, ``scaling`` their BSCALE/BZERO/BLANK) and ``out`` are 2-D of
+    the same shape (views allowed, any strides); the float64 scratch block is reused so no
+    full-size temporary is made. Non-finite values of a floating-point ``raw`` (NaN, +-Inf)
+    and BLANK pixels become NaN: a missing pixel for the stack.
     """
     scratch = np.empty((min(ROW_BLOCK, raw.shape[0]), raw.shape[1]), dtype=np.float64)
     floating = raw.dtype.kind == "f"
     for start in range(0, raw.shape[0], ROW_BLOCK):
         src = raw[start : start + ROW_BLOCK]
-        block = to_electrons(src, adc_scale, gain, scratch[: src.shape[0]])
+        block = to_electrons(src, adc_scale, gain, scratch[: src.shape[0]], scaling)
         block -= level  # float64, in cache; then one cast (and byte swap) to the output
         dest = out[start : start + ROW_BLOCK]
         dest[...] = block
         if floating:
             dest[np.isinf(dest)] = np.nan
+        elif scaling.blank is not None:
+            dest[src == scaling.blank] = np.nan
 
 
 def convert_amp(
@@ -216,21 +288,22 @@ def convert_amp(
     geometry: AmpGeometry,
     adc_scale: float,
     tile: np.ndarray,
+    scaling: Scaling = UNSCALED,
 ) -> tuple[float, float]:
     """Overscan-subtract amplifier ``number`` (stored, (rows, cols)) into its CCD ``tile``.
 
     ``tile`` is the (drows, dcols) view of the CCD image the data go to. Returns the overscan
     (level, read noise) in electrons (:func:`overscan_statistics`); when they are NaN
-    (NaN/Inf in the strip) the tile is filled with NaN.
+    (NaN/Inf/BLANK in the strip) the tile is filled with NaN.
     """
-    level, noise = overscan_statistics(raw, number, gain, geometry, adc_scale)
+    level, noise = overscan_statistics(raw, number, gain, geometry, adc_scale, scaling)
     if not math.isfinite(level):
         tile[...] = np.nan
         return level, noise
     drows, dcols = tile.shape
     oriented = orient(raw, number)
     data = orient(oriented[:drows, geometry.prescan : geometry.prescan + dcols], number)
-    subtract_into(data, gain, level, adc_scale, tile)
+    subtract_into(data, gain, level, adc_scale, tile, scaling)
     return level, noise
 
 
@@ -240,24 +313,30 @@ def convert_ccd(
     geometry: AmpGeometry,
     adc_scale: float,
     threads: int = 1,
+    scalings: list[Scaling] | None = None,
+    flip: bool = False,
 ) -> tuple[np.ndarray, list[float], list[float]]:
     """One CCD from its 2 or 4 amplifiers (AMP1 first, all of one shape).
 
-    ``raws``: arrays (rows, cols) as stored in the L0 file; ``gains``: electrons per DN.
-    Returns the image, float32 electrons (big-endian, as FITS stores them) of shape
-    (drows, 2 dcols) for 2 amplifiers or (2 drows, 2 dcols) for 4, the overscan level and
-    the overscan read noise of each amplifier in electrons (NaN for a strip with NaN/Inf,
-    whose tile is then NaN). ``threads`` > 1 converts amplifiers concurrently (NumPy
-    releases the GIL); the result does not depend on it.
+    ``raws``: arrays (rows, cols) as stored in the L0 file, ``scalings`` their BSCALE/BZERO
+    (default: none); ``gains``: electrons per DN. Returns the image, float32 electrons
+    (big-endian, as FITS stores them) of shape (drows, 2 dcols) for 2 amplifiers or
+    (2 drows, 2 dcols) for 4, flipped up-down after tiling when ``flip``, the overscan level
+    and the overscan read noise of each amplifier in electrons (NaN for a strip with
+    NaN/Inf, whose tile is then NaN). ``threads`` > 1 converts amplifiers concurrently
+    (NumPy releases the GIL); the result does not depend on it.
     """
     namps = len(raws)
+    scalings = scalings or [UNSCALED] * namps
     drows, dcols = geometry.data_size(raws[0].shape)
     image = np.empty((drows if namps == 2 else 2 * drows, 2 * dcols), dtype=FITS_FLOAT32)
+    tiled = image[::-1] if flip else image  # the flip costs nothing: tiles land flipped
 
     def one(number: int) -> tuple[float, float]:
         rows, cols = tile_slices(number, namps, drows, dcols)
-        tile = image[rows, cols]
-        return convert_amp(raws[number - 1], number, gains[number - 1], geometry, adc_scale, tile)
+        tile = tiled[rows, cols]
+        i = number - 1
+        return convert_amp(raws[i], number, gains[i], geometry, adc_scale, tile, scalings[i])
 
     numbers = range(1, namps + 1)
     if threads > 1:
@@ -270,15 +349,17 @@ def convert_ccd(
 
 def read_ccd(
     hdul: fits.HDUList, path: str | Path, ccd: str, geometry: AmpGeometry
-) -> tuple[list[np.ndarray], list[float]] | None:
-    """Amplifier arrays and gains of ``ccd`` (None when it has no amplifier extension)."""
+) -> tuple[list[np.ndarray], list[float], list[Scaling]] | None:
+    """Amplifier arrays (as stored), gains and scalings of ``ccd`` (None when it has no
+    amplifier extension)."""
     names = find_amps(hdul, path, ccd)
     if not names:
         return None
-    raws, gains = [], []
+    raws, gains, scalings = [], [], []
     for ext in names:
         raw = amp_data(hdul, path, ext)
         gains.append(amp_gain(hdul[ext].header, path, ext))
+        scalings.append(image_scaling(hdul, path, ext))
         if raws and raw.shape != raws[0].shape:
             raise InputError(
                 path,
@@ -294,15 +375,21 @@ def read_ccd(
             f"{geometry.parallel_overscan} rows (parallel overscan) and more than "
             f"{geometry.prescan + geometry.serial_overscan} columns (prescan + serial overscan)",
         )
-    return raws, gains
+    return raws, gains, scalings
 
 
 def ccd_hdu(
-    ccd: str, image: np.ndarray, levels: list[float], noises: list[float] | None = None
+    ccd: str,
+    image: np.ndarray,
+    levels: list[float],
+    noises: list[float] | None = None,
+    flipped: bool = False,
 ) -> fits.ImageHDU:
-    """``<CCD>_CCD`` extension: float32 electrons with BUNIT, OSCANV1..n and OSCANN1..n."""
+    """``<CCD>_CCD`` extension: float32 electrons with BUNIT, FLIPUD, OSCANV1..n and
+    OSCANN1..n."""
     hdu = fits.ImageHDU(data=image, name=f"{ccd}_CCD")
     hdu.header["BUNIT"] = ("electrons", "units of the image")
+    hdu.header["FLIPUD"] = (flipped, "image flipped up-down after tiling")
     for number, level in enumerate(levels, start=1):
         hdu.header[f"OSCANV{number}"] = (level, f"overscan level of AMP{number} [electrons]")
     for number, noise in enumerate(noises or [], start=1):
@@ -311,10 +398,13 @@ def ccd_hdu(
 
 
 def copy_image_hdu(hdul: fits.HDUList, path: str | Path, ext: str) -> fits.ImageHDU:
-    """A plain image extension with the data and header of ``ext`` (values unchanged)."""
+    """A plain image extension with the data and header of ``ext`` (physical values
+    unchanged: unsigned integers stay unsigned, scaled ones become float64)."""
     data = image_data(hdul, path, ext)
+    if data is not None:
+        data = physical(data, image_scaling(hdul, path, ext))
     header = hdul[ext].header.copy()
-    for key in ("CHECKSUM", "DATASUM"):
+    for key in ("CHECKSUM", "DATASUM", "BSCALE", "BZERO", "BLANK", "ZBSCALE", "ZBZERO"):
         header.remove(key, ignore_missing=True)
     return fits.ImageHDU(data=data, header=header, name=ext)
 
@@ -328,7 +418,7 @@ def strip_error(l0_path: Path, ccd: str, number: int, ncols: int, geometry: AmpG
         first, last = ncols - 1 - last, ncols - 1 - first
     return InputError(
         l0_path,
-        f"extension {ccd}_AMP{number}: NaN/Inf values in the serial-overscan "
+        f"extension {ccd}_AMP{number}: NaN/Inf (or BLANK) values in the serial-overscan "
         f"strip (stored columns {first}..{last}), expected finite values",
     )
 
@@ -366,13 +456,16 @@ def build_2d(
         if amps is None:
             log.info("%s: no %s amplifier extensions; %s_CCD left out", l0_path, ccd, ccd)
             continue
-        raws, gains = amps
-        image, levels, noises = convert_ccd(raws, gains, geometry, adc_scale, threads)
+        raws, gains, scalings = amps
+        flip = geometry.flipped(ccd, namps)
+        image, levels, noises = convert_ccd(
+            raws, gains, geometry, adc_scale, threads, scalings, flip
+        )
         for number, level in enumerate(levels, start=1):
             if not math.isfinite(level):
                 raise strip_error(l0_path, ccd, number, raws[0].shape[1], geometry)
         report["overscan"][ccd], report["read_noise"][ccd] = levels, noises
-        extensions.append(ccd_hdu(ccd, image, levels, noises))
+        extensions.append(ccd_hdu(ccd, image, levels, noises, flip))
     if not extensions:
         raise InputError(
             l0_path,

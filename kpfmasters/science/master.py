@@ -30,6 +30,9 @@ from kpfmasters.science.flat import load_order_mask, normalize_flat
 from kpfmasters.science.qcstats import ccd_statistics, master_medians, qc_cards, read_frame_headers
 from kpfmasters.science.stack import StackResult, stack_files
 
+MASKED = ("GREEN_CCD", "RED_CCD")  # the CCDs an order mask describes (never CA_HK)
+MJD_UNIX = 40587.0  # MJD of 1970-01-01T00:00:00 UTC
+
 log = logging.getLogger(__name__)
 
 STRUCTURAL = (
@@ -307,6 +310,7 @@ def primary_header(
     header["NFRAMES"] = (nframes, "number of frames stacked")
     header["MINMJD"] = (min(mjds), "earliest MJD-OBS of the stacked frames")
     header["MAXMJD"] = (max(mjds), "latest MJD-OBS of the stacked frames")
+    add_mid_time(header, min(mjds), max(mjds))
     header["INFOBITS"] = (infobits, "bit 0/1/2 GREEN/RED/CA_HK: >1% pixels low CNT")
     header["NSIGMA"] = (float(job.settings["nsigma"]), "clip k of the stack")
     for mtype, path in job.predecessors.items():
@@ -320,11 +324,26 @@ def primary_header(
     return header
 
 
+def mid_time(minmjd: float, maxmjd: float) -> tuple[float, str]:
+    """(MIDMJD, DATE-MID): the mean of ``minmjd`` and ``maxmjd`` (days), and the same
+    instant as ISO 8601 UTC to the millisecond (``YYYY-MM-DDTHH:MM:SS.sss``)."""
+    mid = 0.5 * (float(minmjd) + float(maxmjd))
+    when = dt.datetime(1970, 1, 1) + dt.timedelta(days=mid - MJD_UNIX, microseconds=500)
+    return mid, when.isoformat(timespec="milliseconds")  # truncates: rounded by the 500 us
+
+
+def add_mid_time(header: fits.Header, minmjd: float, maxmjd: float) -> None:
+    """MIDMJD and DATE-MID cards (see :func:`mid_time`) after MAXMJD."""
+    mid, iso = mid_time(minmjd, maxmjd)
+    header["MIDMJD"] = (mid, "mean of MINMJD and MAXMJD")
+    header["DATE-MID"] = (iso, "MIDMJD as UTC date and time")
+
+
 def _float(value) -> float:
     return float("nan") if value is None else float(value)
 
 
-def inputs_table(rows: list[dict]) -> fits.BinTableHDU:
+def inputs_table(rows: list[dict], notes: list[str] | None = None) -> fits.BinTableHDU:
     """The ``INPUTS`` table of a master (docs/reference.md, 'The `INPUTS` table').
 
     Parameters
@@ -332,6 +351,9 @@ def inputs_table(rows: list[dict]) -> fits.BinTableHDU:
     rows : list of dict
         One row per frame the selection picked: ``FILENAME``, ``L0FILE``, ``MJD_OBS``
         (days), ``EXPTIME`` (s), ``USED`` and optionally ``REASON``.
+    notes : list of str, optional
+        Lines written as COMMENT cards of the table's header (an extension left out, and
+        why).
 
     Returns
     -------
@@ -350,7 +372,10 @@ def inputs_table(rows: list[dict]) -> fits.BinTableHDU:
         fits.Column("USED", "L", array=[bool(r["USED"]) for r in rows]),
         fits.Column("REASON", f"{width('REASON')}A", array=[r.get("REASON", "") for r in rows]),
     ]
-    return fits.BinTableHDU.from_columns(cols, name="INPUTS")
+    table = fits.BinTableHDU.from_columns(cols, name="INPUTS")
+    for note in notes or []:
+        table.header.add_comment(note)
+    return table
 
 
 def previous_of(job: MasterJob) -> tuple[Path | None, dict[str, float]]:
@@ -433,6 +458,25 @@ def check_frames(job: MasterJob) -> list[dict]:
         if Path(path).name != row["FILENAME"]:
             raise ValueError(f"2D frame {path} does not match INPUTS row {row['FILENAME']}")
     return used_rows
+
+
+def lacking_predecessor(job: MasterJob, ext: str) -> str:
+    """'' when every predecessor master of ``job`` has extension ``ext``; else why the
+    extension is left out of the master (an older predecessor without ``CA_HK`` costs only
+    that extension). Only the headers are read."""
+    for mtype in product(job.mtype).predecessors:
+        path = job.predecessors[mtype]
+        try:
+            with fits.open(path, lazy_load_hdus=True) as hdul:
+                names = {hdu.name for hdu in hdul}
+        except (OSError, ValueError) as exc:
+            raise InputError(path, f"is not a readable master ({exc})") from exc
+        if ext not in names:
+            return (
+                f"{ext} left out: the master {mtype} {Path(path).name} has no {ext} "
+                f"extension to calibrate the {job.mtype} frames with"
+            )
+    return ""
 
 
 def calibration_images(job: MasterJob, ext: str) -> dict[str, np.ndarray]:
@@ -545,7 +589,8 @@ def normalize_flat_step(job: MasterJob, ext: str, result: StackResult):
         When the order mask cannot be used (:func:`kpfmasters.science.flat.load_order_mask`).
     """
     data = result.avg
-    mask = load_order_mask(job.order_mask, ext, data.shape) if job.order_mask else None
+    masked = job.order_mask and ext in MASKED  # only GREEN/RED of the mask are read
+    mask = load_order_mask(job.order_mask, ext, data.shape) if masked else None
     flat = normalize_flat(
         data,
         result.unc,
@@ -612,6 +657,7 @@ def ccd_header(
     hdr["NFRAMES"] = len(paths)
     hdr["MINMJD"] = min(mjds)
     hdr["MAXMJD"] = max(mjds)
+    add_mid_time(hdr, min(mjds), max(mjds))
     qc = ccd_statistics(
         job.mtype,
         data,
@@ -694,7 +740,11 @@ def make_ccd(
 
 
 def assemble_hdus(
-    job: MasterJob, ccds: dict[str, StackedCCD], used_rows: list[dict], previous: Path | None
+    job: MasterJob,
+    ccds: dict[str, StackedCCD],
+    used_rows: list[dict],
+    previous: Path | None,
+    notes: list[str] | None = None,
 ) -> fits.HDUList:
     """The master's HDUs in file order (docs/reference.md, 'HDUs, in file order').
 
@@ -711,6 +761,8 @@ def assemble_hdus(
         INPUTS rows of the stacked frames.
     previous : Path or None
         The previous master, for QCPREV in PRIMARY.
+    notes : list of str, optional
+        COMMENT cards of INPUTS (:func:`inputs_table`).
 
     Returns
     -------
@@ -734,7 +786,7 @@ def assemble_hdus(
         hdus += [ccd.unc, ccd.cnt]
     for ccd in ccds.values():
         hdus += ccd.extras
-    hdus.append(inputs_table(job.rows))
+    hdus.append(inputs_table(job.rows, notes))
     return fits.HDUList(hdus)
 
 
@@ -768,11 +820,17 @@ def build_master(job: MasterJob) -> dict:
     present = frame_extensions(job.frames, wanted)
     previous, previous_medians = previous_of(job)
     ccds: dict[str, StackedCCD] = {}
+    notes: list[str] = []
     for ext in CCD_EXTS:
         if ext not in wanted:
             continue
         if not present[ext]:
             log.warning("%s: no input frame has extension %s; it is left out", job.output, ext)
+            continue
+        note = lacking_predecessor(job, ext)
+        if note:
+            log.warning("%s: %s", job.output, note)
+            notes.append(note)
             continue
         ccds[ext] = make_ccd(job, ext, present[ext], used_rows, previous, previous_medians)
     if not ccds:
@@ -780,7 +838,7 @@ def build_master(job: MasterJob) -> dict:
             job.frames[0] if job.frames else job.output,
             f"none of the extensions {wanted} is present in the inputs",
         )
-    hdul = assemble_hdus(job, ccds, used_rows, previous)
+    hdul = assemble_hdus(job, ccds, used_rows, previous, notes)
     write_fits(hdul, job.output)
     infobits = hdul[0].header["INFOBITS"]
     summary = {

@@ -2,9 +2,13 @@
 
 :func:`simulate_night` writes, under ``out``:
 
-- ``L0/<date>/KP.<date>.<SSSSS.ss>.fits``: L0 files exactly as SPEC section 1 describes
-  (amplifier extensions in raw DN * ``adc_scale``, int32, optionally RICE-compressed;
-  ``CA_HK`` in DN; a small ``TELEMETRY`` table that readers must ignore);
+- ``L0/<date>/KP.<date>.<SSSSS.ss>.fits``: L0 files as KPF writes them: amplifier
+  extensions in raw DN * ``adc_scale`` as unsigned 32-bit integers (BITPIX 32, BZERO
+  2147483648; the ADC saturates at 65535 DN), RICE-compressed by default (plain on request);
+  in 2-amplifier mode the GREEN amplifiers stored upside down relative to the 2D image (they
+  read from the other edge; the 2D step flips GREEN back); ``CA_HK`` in DN (unsigned 16-bit);
+  KPF's OBJECT values and keywords (``ELAPSED``, the five shutter keywords, the comb's
+  ``LFCCEOFR``/``LFCFRREF``); a small ``TELEMETRY`` table that readers must ignore;
 - ``order_mask.fits``: ``GREEN_CCD``/``RED_CCD`` int16 images, 0 off-trace, 1..5 orderlets;
 - ``wls_reference.fits``: a reference wavelength solution (``<CHIP>_SCI_WAVE1``.. as in a
   KPF L1: the truth plus a smooth known perturbation), for ``wls.reference``;
@@ -49,19 +53,31 @@ from kpfmasters.sim.truth import (
     save_ccd_truth,
 )
 
-TRUTH_VERSION = 1
-DEFAULT_ARC_OBJECTS = ("autocal-une-sky", "autocal-thar-all-eve")
+TRUTH_VERSION = 2
+# KPF's morning calibration lamps (OBJECT values as KPF writes them).
+DEFAULT_ARC_OBJECTS = (
+    "autocal-thar-all-morn",
+    "autocal-une-all-morn",
+    "autocal-lfc-all-morn",
+    "autocal-etalon-all-morn",
+)
 DEFAULT_COUNTS = {
     "bias": 12,
     "dark": 5,
     "flat": 8,
-    "arclamp": {obj: 5 for obj in DEFAULT_ARC_OBJECTS},
+    "arclamp": {obj: 3 for obj in DEFAULT_ARC_OBJECTS},
 }
 SIZES = {"small": 128, "medium": 512, "full": 4080}
 COSMIC_RATE = 2e-7  # hits per pixel per second of exposure
 SHOT_GAUSS_MIN = 30.0  # shot noise is Gaussian for means at or above this (electrons)
 READOUT_S = 45.0  # seconds between the end of one exposure and the start of the next
-RAW_MAX = 2**31 - 1
+SATURATION_DN = 65535  # the 16-bit ADC's largest value
+RAW_DTYPE = np.uint32  # KPF's raw amplifier values: BITPIX 32 with BZERO 2147483648
+CAHK_DTYPE = np.uint16  # CA_HK in DN: BITPIX 16 with BZERO 32768
+BIAS_ELAPSED = (0.019, 0.024)  # seconds, as real KPF biases have
+SHUTTERS = ("SCISEL", "SKYSEL", "FFSHTR", "SCRAMSHT", "SIMCALSH")
+LFC_CEO_GHZ = 5.22  # comb offset frequency f0
+LFC_REP_GHZ = 20.0  # comb repetition rate f_rep
 ORIGIN = "kpfmasters simulate"  # PRIMARY ORIGIN of every file the simulator writes
 BAND_ROWS = 256  # rows a band of the per-amplifier work; results depend on it
 
@@ -76,6 +92,10 @@ class Geometry:
     serial_overscan: int = 50
     parallel_overscan: int = 30
     adc_scale: int = 65536
+    flip: tuple[str, ...] = ("GREEN_CCD",)  # CCDs whose 2D image is the tiling flipped
+
+    def __post_init__(self):
+        self.flip = tuple(self.flip)
 
     @property
     def data_shape(self) -> tuple[int, int]:
@@ -116,10 +136,11 @@ class SimFrame:
     date_obs: str
     seconds: float
     expected_master: str | None
-    kind: str  # bias dark flat arclamp short_dark long_flat science redelivered
+    kind: str  # bias dark flat arclamp short_dark long_flat science redelivered manual
     light: str  # none lamp arc science
     index: int  # random stream of the frame (a re-delivered copy shares its source's)
     cosmics: dict = field(default_factory=dict)  # cosmic-ray hits per extension
+    shutters: dict = field(default_factory=dict)  # shutter keyword -> state, when unusual
 
     def record(self, root: Path) -> dict:
         data = asdict(self)
@@ -144,7 +165,7 @@ class SimulatedNight:
     geometry: Geometry
     seed: int = 0
     noise: bool = True
-    compress: bool = False
+    compress: bool = True
 
     def frame(self, name: str) -> SimFrame:
         for frame in self.frames:
@@ -223,10 +244,15 @@ def _spec(kind, imtype, obj, exptime, light, expected) -> dict:
     }
 
 
-def plan_frames(counts: dict, extras: bool) -> list[list[dict]]:
+def plan_frames(counts: dict, extras: bool, manual: bool = False) -> list[list[dict]]:
     """Frame specifications in three blocks: evening calibrations (half the biases, darks,
     flats, arcs lamp by lamp), the night (a science frame), morning (the other biases, the
-    short dark and the long flat)."""
+    short dark and the long flat).
+
+    ``manual`` adds frames taken by hand or for tests, which the default selection picks
+    but KPF's production rules leave out: a bias with OBJECT ``bias``, a bias taken with
+    the flat-field shutter open, a 0.5 s "bias", a dark with OBJECT ``test-dark`` and a flat
+    with OBJECT ``manual-flat``."""
     bias = _spec("bias", "Bias", "autocal-bias", 0.0, "none", "bias")
     dark = _spec("dark", "Dark", "autocal-dark", 600.0, "none", "dark")
     flat = _spec("flat", "Flatlamp", "autocal-flat-all", 30.0, "lamp", "flat")
@@ -240,6 +266,14 @@ def plan_frames(counts: dict, extras: bool) -> list[list[dict]]:
         night.append(_spec("science", "Object", "219134", 600.0, "science", None))
         morning.append(_spec("short_dark", "Dark", "autocal-dark", 60.0, "none", None))
         morning.append(_spec("long_flat", "Flatlamp", "autocal-flat-all", 120.0, "lamp", None))
+    if manual:
+        night += [
+            _spec("manual", "Bias", "bias", 0.0, "none", "bias"),
+            {**bias, "kind": "manual", "shutters": {"FFSHTR": "open"}},
+            {**bias, "kind": "manual", "elapsed": 0.5},
+            _spec("manual", "Dark", "test-dark", 600.0, "none", "dark"),
+            _spec("manual", "Flatlamp", "manual-flat", 30.0, "lamp", "flat"),
+        ]
     return [evening, night, morning]
 
 
@@ -257,7 +291,11 @@ def schedule(blocks: list[list[dict]], date: str, rng) -> list[dict]:
             if centis >= 8640000:
                 raise ValueError("too many frames to fit in one UT day; lower the counts")
             exptime = spec["exptime"]
-            elapsed = round(exptime + rng.uniform(0.0, 0.05), 3) if exptime > 0 else 0.0
+            if exptime > 0:
+                elapsed = round(exptime + rng.uniform(0.0, 0.05), 3)
+            else:
+                elapsed = round(rng.uniform(*BIAS_ELAPSED), 4)
+            elapsed = spec.get("elapsed", elapsed)
             seconds = centis / 100
             timed.append(
                 {
@@ -342,9 +380,12 @@ def expose(out: np.ndarray, truth: CCDTruth, region, light, exptime: float, rng,
     return add_cosmics(out, exptime, rng, cr_scale)
 
 
-def quantise(block: np.ndarray, pedestal: int, sigma: float, rng) -> np.ndarray:
-    """int32 raw of ``block`` (float64 raw units, modified in place): plus Gaussian read
-    noise of ``sigma`` raw units when ``rng``, rounded, plus ``pedestal``, clipped."""
+def quantise(
+    block: np.ndarray, pedestal: int, sigma: float, rng, top: float, dtype=RAW_DTYPE
+) -> np.ndarray:
+    """Stored raw of ``block`` (float64 raw units, modified in place): plus Gaussian read
+    noise of ``sigma`` raw units when ``rng``, rounded, plus ``pedestal``, clipped to
+    ``[0, top]`` (the saturation value), as ``dtype`` (unsigned, as KPF stores it)."""
     for start in range(0, block.shape[0], BAND_ROWS):
         target = block[start : start + BAND_ROWS]
         if rng is not None:
@@ -353,23 +394,39 @@ def quantise(block: np.ndarray, pedestal: int, sigma: float, rng) -> np.ndarray:
             target += noise
         np.rint(target, out=target)
         target += pedestal
-        np.clip(target, 0, RAW_MAX, out=target)
-    return block.astype(np.int32)
+        np.clip(target, 0, top, out=target)
+    return block.astype(dtype)
+
+
+def raw_top(geom: Geometry) -> int:
+    """Largest raw value: the ADC's 65535 DN times ``adc_scale`` (within uint32)."""
+    return min(SATURATION_DN * geom.adc_scale, np.iinfo(RAW_DTYPE).max)
+
+
+def ccd_region(geom: Geometry, name: str, amp: int) -> tuple[tuple[slice, slice], bool]:
+    """(truth region, reversed) of amplifier ``amp``'s data: the truth arrays are in 2D
+    orientation, so for a CCD whose 2D image is the tiling flipped up-down (KPF's GREEN in
+    2-amplifier mode) the amplifier holds the mirrored rows, in reverse order."""
+    rows, cols = amp_regions(geom.size, geom.amps)[amp]
+    if name not in geom.flip:
+        return (rows, cols), False
+    return (slice(geom.size - rows.stop, geom.size - rows.start), cols), True
 
 
 def amp_raw(truth: CCDTruth, geom: Geometry, amp: int, light, exptime: float, rng=None):
-    """Stored raw image (int32, ``geom.amp_shape``) of amplifier ``amp`` (0-based) and its
+    """Stored raw image (uint32, ``geom.amp_shape``) of amplifier ``amp`` (0-based) and its
     cosmic-ray count: DN = electrons / gain + pedestal (+ read noise), raw = rint(DN *
-    adc_scale), clipped to the int32 range."""
-    region = amp_regions(geom.size, geom.amps)[amp]
+    adc_scale), clipped to ``[0, 65535 * adc_scale]`` (the ADC saturates at 65535 DN)."""
+    region, reverse = ccd_region(geom, truth.name, amp)
     gain = truth.gain[amp]
     block = np.zeros(geom.amp_shape, dtype=np.float64)
     data = block[geom.stored_data(amp)]
-    hits = expose(data, truth, region, light, exptime, rng)
+    hits = expose(data[::-1] if reverse else data, truth, region, light, exptime, rng)
     data /= gain
     data *= geom.adc_scale
     sigma = truth.read_noise[amp] / gain * geom.adc_scale
-    return quantise(block, pedestal_raw(truth, amp, geom), sigma, rng), hits
+    pedestal = pedestal_raw(truth, amp, geom)
+    return quantise(block, pedestal, sigma, rng, raw_top(geom)), hits
 
 
 def pedestal_raw(truth: CCDTruth, amp: int, geom: Geometry) -> int:
@@ -378,10 +435,11 @@ def pedestal_raw(truth: CCDTruth, amp: int, geom: Geometry) -> int:
 
 
 def cahk_raw(truth: CCDTruth, light, exptime: float, rng=None):
-    """Stored CA_HK image (int32 DN, rounded) and its cosmic-ray count."""
+    """Stored CA_HK image (uint16 DN, rounded, saturating at 65535) and its cosmic-ray
+    count."""
     dn = np.empty(truth.shape, dtype=np.float64)
     hits = expose(dn, truth, (slice(None), slice(None)), light, exptime, rng, cr_scale=0.2)
-    return quantise(dn, 0, truth.read_noise[0], rng), hits
+    return quantise(dn, 0, truth.read_noise[0], rng, SATURATION_DN, CAHK_DTYPE), hits
 
 
 def frame_light(truth: CCDTruth, frame: SimFrame):
@@ -389,7 +447,7 @@ def frame_light(truth: CCDTruth, frame: SimFrame):
 
 
 def render_frame(night: SimulatedNight, frame: SimFrame, noise: bool, pool=None) -> dict:
-    """Raw images of one frame: extension name -> int32 array; fills ``frame.cosmics``."""
+    """Raw images of one frame: extension name -> stored array; fills ``frame.cosmics``."""
     geom = night.geometry
     tasks = []
     for ccd_id, name in enumerate(CCD_NAMES):
@@ -437,11 +495,31 @@ def primary_header(frame: SimFrame, date: str, seed: int, noise: bool) -> fits.H
     head["SCI-OBJ"] = (frame.object if frame.light != "none" else "", "science fibre source")
     head["SKY-OBJ"] = ("", "sky fibre source")
     head["CAL-OBJ"] = ("", "calibration fibre source")
+    for key, state in shutter_states(frame).items():
+        head[key] = (state, "shutter state")
+    if "lfc" in frame.object.lower().split("-"):
+        head["LFCCEOFR"] = (LFC_CEO_GHZ, "LFC carrier-envelope offset frequency [GHz]")
+        head["LFCFRREF"] = (LFC_REP_GHZ, "LFC repetition rate reference [GHz]")
     head["FRAMENO"] = (frame.index, "frame number of the night")
     head["SIMSEED"] = (seed, "simulation seed")
     head["SIMNOISE"] = (noise, "simulation includes noise")
     head["SIMDATE"] = (date, "simulated night")
     return head
+
+
+def shutter_states(frame: SimFrame) -> dict[str, str]:
+    """The five shutter keywords: all ``closed`` without light (biases, darks); open for the
+    calibration lamps; the science frame's light comes through the science and sky fibres
+    only. ``frame.shutters`` overrides (a test frame)."""
+    if frame.light == "none":
+        states = dict.fromkeys(SHUTTERS, "closed")
+    elif frame.light == "science":
+        states = {
+            k: "open" if k in ("SCISEL", "SKYSEL", "SCRAMSHT") else "closed" for k in SHUTTERS
+        }
+    else:
+        states = dict.fromkeys(SHUTTERS, "open")
+    return {**states, **frame.shutters}
 
 
 def telemetry_table() -> fits.BinTableHDU:
@@ -525,8 +603,10 @@ def simulate_night(
     cahk_shape: tuple[int, int] | None = None,
     noise: bool = True,
     counts: dict | None = None,
-    compress: bool = False,
+    compress: bool = True,
     extras: bool = True,
+    manual: bool = False,
+    flip_updown: tuple[str, ...] | None = None,
     prescan: int = 4,
     serial_overscan: int = 50,
     parallel_overscan: int = 30,
@@ -542,8 +622,12 @@ def simulate_night(
     read noise, shot noise and cosmic rays. ``counts`` overrides :data:`DEFAULT_COUNTS`
     (``arclamp`` an int for each default lamp, or OBJECT -> count); ``extras`` adds frames
     the default selection must not pick (60 s dark, 120 s flat, a science frame, a
-    re-delivered bias whose name contains ``-``). ``compress`` RICE-compresses amplifiers.
-    The amplifier widths (pixels) and ``adc_scale`` are those of SPEC section 1.
+    re-delivered bias whose name contains ``-``); ``manual`` adds frames taken by hand or
+    for tests that KPF's production rules leave out (see :func:`plan_frames`).
+    ``compress`` (default, as KPF) RICE-compresses amplifiers; ``compress=False`` writes
+    them plain. ``flip_updown``: the CCDs (``GREEN``, ``RED``) whose 2D image is the tiling
+    flipped up-down; default KPF's: GREEN with 2 amplifiers, none with 4. The amplifier
+    widths (pixels) and ``adc_scale`` are those of SPEC section 1.
 
     ``geometry`` is the spectrograph's trace geometry, ``compact`` or ``kpf`` (KPF's measured
     traces, size 4080 only); the default is ``kpf`` at size 4080, else ``compact``. The
@@ -563,7 +647,10 @@ def simulate_night(
         raise ValueError(f"size must be an even number of pixels >= 48, not {size}")
     counts = normalise_counts(counts)
     out = Path(out)
-    geom = Geometry(size, amps, prescan, serial_overscan, parallel_overscan, adc_scale)
+    if flip_updown is None:
+        flip_updown = ("GREEN",) if amps == 2 else ()
+    flip = tuple(f"{ccd}_CCD" for ccd in flip_updown)
+    geom = Geometry(size, amps, prescan, serial_overscan, parallel_overscan, adc_scale, flip)
     objects = [obj for obj, n in counts["arclamp"].items() if n > 0]
     geometry = geometry or ("kpf" if size == KPF_SIZE else "compact")
     ccds = {
@@ -584,7 +671,7 @@ def simulate_night(
         noise=noise,
         compress=compress,
     )
-    timed = schedule(plan_frames(counts, extras), date, rng_for(seed, 4))
+    timed = schedule(plan_frames(counts, extras, manual), date, rng_for(seed, 4))
     frames = [
         SimFrame(path=night.l0_dir / spec["name"], index=i, **spec) for i, spec in enumerate(timed)
     ]
@@ -698,7 +785,8 @@ def expected_2d(night: SimulatedNight, frame: SimFrame | str) -> dict[str, np.nd
 
     ``GREEN_CCD``/``RED_CCD`` (size x size electrons): per amplifier, the noise-free raw
     values ``raw / adc_scale * gain`` minus the overscan level ``pedestal * gain``, tiled
-    on the CCD; ``CA_HK``: the noise-free stored DN. Without noise the L0 files hold exactly
+    on the CCD (then flipped up-down for the CCDs in ``geometry.flip``); ``CA_HK``: the
+    noise-free stored DN. Without noise the L0 files hold exactly
     these raw values; with noise this is the expectation (no cosmic rays).
     """
     if isinstance(frame, str):
@@ -713,7 +801,7 @@ def expected_2d(night: SimulatedNight, frame: SimFrame | str) -> dict[str, np.nd
             gain = truth.gain[amp]
             level = pedestal_raw(truth, amp, geom) / geom.adc_scale * gain
             image[region] = raw[geom.stored_data(amp)] / geom.adc_scale * gain - level
-        result[name] = image
+        result[name] = image[::-1].copy() if name in geom.flip else image
     cahk = night.ccds[CAHK]
     raw, _ = cahk_raw(cahk, frame_light(cahk, frame), frame.exptime)
     result[CAHK] = raw.astype(np.float64)
