@@ -1,4 +1,4 @@
-"""Whole-cube NumPy implementation of the clipped stack (SPEC section 4), as a benchmark peer.
+"""Whole-cube NumPy implementation of the clipped stack (docs/reference.md §4), as a benchmark peer.
 
 This is how a straightforward pipeline does it: read every frame, build the float64 cube
 (N, rows, cols) in memory, take np.median and np.percentile over axis 0, mask the values
@@ -20,7 +20,7 @@ from astropy.io import fits
 
 
 def clip_correction(nsigma: float) -> float:
-    """cf(k) of SPEC section 4 (dimensionless)."""
+    """cf(k) of the clipped stack (docs/reference.md) (dimensionless)."""
     c = nsigma * 0.9944579
     phi = math.exp(-0.5 * c * c) / math.sqrt(2.0 * math.pi)
     return 1.0 / (1.0 - 2.0 * c * phi / math.erf(c / math.sqrt(2.0)))

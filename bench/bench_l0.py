@@ -6,7 +6,7 @@ Part of ``make bench`` (after ``bench_stack.py``) and runnable alone:
     python bench/bench_l0.py --quick         # 512 x 512 frames, a smoke run (seconds)
 
 Frames: one simulated bias L0 file per kind (``kpfmasters.sim.simulate``: 4080 x 4080 data
-per CCD, two CCDs, SPEC section 1 geometry, CA_HK 255 x 1024), in KPF's encoding (unsigned
+per CCD, two CCDs, KPF's amplifier geometry, CA_HK 255 x 1024), in KPF's encoding (unsigned
 32-bit via BZERO 2147483648) and, for comparison, the same pixel values as signed int32
 (a bias's raw values fit in int32): 2 amplifiers plain (139 MB) and RICE-compressed each
 way, 4 amplifiers plain (uint32); generated once and cached under

@@ -4,7 +4,7 @@ Each run is a whole separate process, file to master: interpreter start-up, impo
 N full-size frames, the clipped stack, and writing the result (FITS with checksums). Peers:
 
 - ``kpf``: ``kpfmasters stack FILE... --nsigma K --ext GREEN_CCD -o OUT`` (this project);
-- ``numpy``: ``bench/baseline_numpy.py``, SPEC section 4 on the whole float64 cube with
+- ``numpy``: ``bench/baseline_numpy.py``, docs/reference.md §4 on the whole float64 cube with
   np.median / np.percentile over axis 0 and masked arrays (how a plain pipeline does it);
 - ``ccdproc``: ``ccdproc.combine(method='average', sigma_clip=True, ...)``, one pass
   (``bench/peers.py``);

@@ -1,6 +1,6 @@
 """Benchmark peers from the astropy ecosystem: ccdproc.combine and astropy.stats.sigma_clip.
 
-Neither implements SPEC section 4 exactly (they clip at k standard deviations around the
+Neither implements docs/reference.md §4 exactly (they clip at k standard deviations around the
 median, not at k half-widths of the 16-84 percentile range), but both are what a user would
 reach for to make a one-pass sigma-clipped mean of N frames.
 

@@ -1,5 +1,5 @@
 rule master_bias:
-    """Stack the night's bias frames (SPEC sections 3-5)."""
+    """Stack the night's bias frames (docs/reference.md, sections 3-5)."""
     input:
         frames=frames_2d("bias"),
         settings=settings_stamp("bias"),

@@ -1,5 +1,5 @@
 rule l0_to_2d:
-    """One L0 frame -> its 2D image in electrons (SPEC section 2)."""
+    """One L0 frame -> its 2D image in electrons (docs/reference.md, 'L0 to 2D')."""
     input:
         # The L0 file's time never decides (a re-delivered file may be older, a clock ahead,
         # which Snakemake would take for clock skew): its identity does (size, mtime, ctime,

@@ -1,4 +1,4 @@
-"""Snakemake script of rule ``l0_to_2d``: one L0 file -> its 2D file (SPEC section 2).
+"""Snakemake script of rule ``l0_to_2d``: one L0 file -> its 2D file (docs/reference.md §2).
 
 A frame the conversion refuses is recorded as a reject (left out from the next run on);
 a failure of the system (permission denied, I/O error) only fails the job.

@@ -71,7 +71,7 @@ def write_master(
     ccds: tuple[str, ...] = ALL_CCDS,
     imtype: str | None = None,
 ) -> Path:
-    """A small master with the SPEC section 5 layout: PRIMARY, CCDs (float64), *_UNC (float32),
+    """A small master laid out as docs/reference.md §5: PRIMARY, CCDs (float64), *_UNC (float32),
     *_CNT (int32), INPUTS table; PRIMARY keywords IMTYPE, OBJECT, NFRAMES, MINMJD, MAXMJD,
     INFOBITS, NSIGMA, INPBIAS, SOFTVER, CFGHASH."""
     obj = obj if obj is not None else f"autocal-{mtype}"

@@ -1,4 +1,4 @@
-"""Master-flat normalisation (SPEC section 5, "Master flat, after stacking")."""
+"""Master-flat normalisation (docs/reference.md §5, "Master flat, after stacking")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""L0 -> 2D (SPEC section 2): small hand-built L0 files with a known image, gains, pedestals.
+"""L0 -> 2D (docs/reference.md §2): small hand-built L0 files with a known image, gains, pedestals.
 
 The builders here place every pixel with explicit stored-coordinate arithmetic (never with
 the code under test's ``orient``), so orientation and tiling are checked independently.
@@ -207,7 +207,7 @@ def test_clipped_mean_hand_examples_and_equality_keeps():
 
 def test_strip_statistics_equal_clipped_mean_and_robust_std_bit_for_bit():
     # The one-sort path must give exactly the reference values: odd and even sizes, ties,
-    # integer-valued strips like real overscans (DN * gain / 2^16), outliers, k's of SPEC.
+    # integer-valued strips like real overscans (DN * gain / 2^16), outliers, the masters' k.
     rng = np.random.default_rng(11)
     cases = [
         rng.normal(1000.0, 5.0, size=4110 * 40),

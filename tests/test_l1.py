@@ -266,7 +266,7 @@ def test_nan_pixels_and_lost_aperture(night, tmp_path):
 
 def pull_scatter_expected(nframes, nsigma, weights, rng, samples=20000):
     """Robust scatter of (sum w AVG) / sqrt(sum w^2 UNC^2) for unit Gaussian frames stacked
-    by the product's own clipped stack (SPEC's UNC is low for few frames)."""
+    by the product's own clipped stack (the stack UNC is low for few frames)."""
     k = weights.shape[1]
     pick = weights[rng.integers(0, len(weights), samples)]
     cube = rng.standard_normal((nframes, samples, k))

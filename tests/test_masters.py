@@ -151,7 +151,7 @@ def test_bias_recovers_truth(night, ext):
     assert abs(np.median(z)) < 0.1
     # Scatter: sigma/sqrt(N) inflated by one-pass clipping; 15% margin for 16k-pixel samples.
     assert 0.9 < np.std(z) < CLIP_INFLATION * 1.15
-    # UNC is the SPEC formula: on pure noise it runs ~10-20% under the true error at N = 14.
+    # UNC is the documented formula: on pure noise it runs ~10-20% under the true error at N = 14.
     assert 0.75 < np.median(unc / sigma) < 1.05
 
 
@@ -269,7 +269,7 @@ def test_infobits_follow_low_count_fraction(night, tmp_path, n, expect_bits):
 def test_twelve_frame_bias_follows_the_rule(night, tmp_path):
     """With 12 frames, 3 rejections give CNT < 10. One-pass clipping at 2.1 sample sigma
     rejects ~6.5% of Gaussian samples at N = 12, so ~2.6% of pixels fall below 10: the bit
-    is set, as SPEC's rule says (it clears from ~14 frames)."""
+    is set, as the documented rule says (it clears from ~14 frames)."""
     build_master(subset_job(night, 12, tmp_path / "bias.fits"))
     with fits.open(tmp_path / "bias.fits") as h:
         frac = np.mean(h["GREEN_CCD_CNT"].data < 10)

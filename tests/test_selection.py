@@ -1,4 +1,4 @@
-"""Selection from headers (SPEC section 3): rules, ordering, usability, arclamp groups."""
+"""Selection from headers (docs/reference.md §3): rules, ordering, usability, arclamp groups."""
 
 import copy
 

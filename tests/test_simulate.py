@@ -1,4 +1,4 @@
-"""The simulated night: L0 format (SPEC section 1), selection truth, physics, and truth I/O."""
+"""The simulated night: L0 format (docs/reference.md §1), selection truth, physics, truth I/O."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def orient(raw, amp):
 
 
 def tiny_2d(path, geom: Geometry):
-    """Own L0 -> 2D (SPEC section 2) with a plain mean as the overscan level (noise-free)."""
+    """Own L0 -> 2D (docs/reference.md §2) with a plain mean as the overscan level (noise-free)."""
     result = {}
     with fits.open(path) as hdul:
         for ccd in CCDS:

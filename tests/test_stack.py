@@ -1,4 +1,4 @@
-"""The clipped stack (SPEC section 4): kernel against a plain NumPy reference, streaming, CLI."""
+"""The clipped stack (docs/reference.md §4): kernel against a NumPy reference, streaming, CLI."""
 
 from __future__ import annotations
 

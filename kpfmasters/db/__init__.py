@@ -1,4 +1,4 @@
-"""The PostgreSQL calibration database (SPEC section 6): table ``calfiles``.
+"""The PostgreSQL calibration database (docs/reference.md §6): table ``calfiles``.
 
 - :func:`connect`: libpq settings (``KPFDBUSER``/``KPFDBNAME`` honoured), password from pgpass.
 - :func:`init_schema`: apply ``schema.sql`` and the read-only and pipeline roles (admin).

@@ -1,4 +1,4 @@
-"""The nearest registered master in time (SPEC section 6).
+"""The nearest registered master in time (docs/reference.md, 'The calibration database').
 
 A candidate is a ``calfiles`` row of the level and caltype (and object, when given, compared
 exactly after lowercasing: never a LIKE pattern). It qualifies when ``status > 0``,

@@ -4,7 +4,7 @@
 -- Every statement is idempotent: applying the file again changes nothing. Roles and grants
 -- are made by init_schema, whose role names are command-line options.
 --
--- Table calfiles is compatible with KPF's CalFiles (SPEC section 6): one row per master file;
+-- Table calfiles is compatible with KPF's CalFiles (docs/reference.md, 'The calibration database'): one row per master file;
 -- level 0 = the 2D masters of kpf-masters. caltype and object are stored lowercase.
 
 CREATE TABLE IF NOT EXISTS schema_version (

@@ -1,4 +1,4 @@
-"""Which frames make which master (SPEC section 3), decided from the night's headers.
+"""Which frames make which master (docs/reference.md §3), decided from the night's headers.
 
 A selection rule is ``{keyword, op, value, ignore_case}`` from ``config.yaml`` on any
 PRIMARY keyword; a frame is picked by a master when every rule holds. String values compare

@@ -1,4 +1,4 @@
-"""Reading L0 files safely: structure checks, amplifier extensions, gains (SPEC section 1).
+"""Reading L0 files safely: structure checks, amplifier extensions, gains (docs/reference.md §1).
 
 Every problem raises :class:`~kpfmasters.core.errors.InputError` whose message starts with the
 file's path and names the extension or keyword and what was expected. Pixel data are never

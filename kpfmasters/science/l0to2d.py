@@ -1,6 +1,6 @@
 """L0 -> 2D: amplifiers in scaled DN -> one overscan-subtracted CCD image in electrons.
 
-SPEC section 2, for each CCD (GREEN, RED):
+docs/reference.md §2, for each CCD (GREEN, RED):
 
 1. ``e = raw / adc_scale * CCDGAIN`` per amplifier, float64.
 2. Orient: flip AMP2 left-right, AMP3 up-down, AMP4 both, so every amplifier reads
@@ -125,7 +125,7 @@ class AmpGeometry:
 
 
 def clipped_mean(values: np.ndarray, nsigma: float) -> float:
-    """One-pass clipped mean of ``values`` (any shape, flattened), SPEC section 4 in 1-D.
+    """One-pass clipped mean of ``values`` (any shape, flattened), docs/reference.md §4 in 1-D.
 
     m = median, s = 0.5 * (p84 - p16) (NumPy's default linear percentiles); keep
     ``m - k s <= x <= m + k s``; return the mean of the kept values (float64). NaN in
@@ -430,7 +430,7 @@ def build_2d(
     adc_scale: float,
     threads: int = 1,
 ) -> tuple[fits.HDUList, dict]:
-    """The 2D HDUList of an open L0 file (SPEC section 2, steps 1-4), in memory, and a report.
+    """The 2D HDUList of an open L0 file (docs/reference.md §2), in memory, and a report.
 
     ``hdul`` comes from :func:`~kpfmasters.science.l0read.open_l0` (it must stay open while the
     result is used: the CA_HK copy may be memory-mapped). The list holds PRIMARY (the L0
@@ -486,7 +486,7 @@ def convert_l0(
     adc_scale: float,
     threads: int = 1,
 ) -> dict:
-    """Convert one L0 file into its 2D file (SPEC section 2); return a short report.
+    """Convert one L0 file into its 2D file (docs/reference.md §2); return a short report.
 
     :func:`build_2d` then an atomic write with CHECKSUM/DATASUM; on bad input an
     :class:`InputError` is raised and nothing is written. ``threads``: amplifiers converted

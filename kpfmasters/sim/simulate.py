@@ -22,7 +22,7 @@ A frame collects, per CCD pixel, ``bias + EXPTIME * (dark + prnu * light)`` elec
 shot noise and cosmic rays unless ``noise=False``); each amplifier's share is divided by its
 gain, put at its place in the stored amplifier block, and the pedestal (and read noise)
 added to the whole block in DN. :func:`expected_2d` gives the noise-free 2D image of a
-frame (SPEC section 2) from the same quantised raw values.
+frame (docs/reference.md §2) from the same quantised raw values.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ BAND_ROWS = 256  # rows a band of the per-amplifier work; results depend on it
 
 @dataclass
 class Geometry:
-    """L0 amplifier layout (SPEC section 1); sizes in pixels."""
+    """L0 amplifier layout (docs/reference.md §1); sizes in pixels."""
 
     size: int = 128
     amps: int = 2
@@ -124,7 +124,7 @@ class Geometry:
 @dataclass
 class SimFrame:
     """One simulated file. ``path`` is absolute; ``expected_master`` names the default
-    selection (SPEC section 3) that picks it, None for frames none should pick."""
+    selection (docs/reference.md §3) that picks it, None for frames none should pick."""
 
     name: str
     path: Path
@@ -627,7 +627,7 @@ def simulate_night(
     ``compress`` (default, as KPF) RICE-compresses amplifiers; ``compress=False`` writes
     them plain. ``flip_updown``: the CCDs (``GREEN``, ``RED``) whose 2D image is the tiling
     flipped up-down; default KPF's: GREEN with 2 amplifiers, none with 4. The amplifier
-    widths (pixels) and ``adc_scale`` are those of SPEC section 1.
+    widths (pixels) and ``adc_scale`` are those of docs/reference.md §1.
 
     ``geometry`` is the spectrograph's trace geometry, ``compact`` or ``kpf`` (KPF's measured
     traces, size 4080 only); the default is ``kpf`` at size 4080, else ``compact``. The
@@ -781,7 +781,7 @@ def load_truth(truth_dir: str | Path, mmap: bool = True) -> SimulatedNight:
 
 
 def expected_2d(night: SimulatedNight, frame: SimFrame | str) -> dict[str, np.ndarray]:
-    """Noise-free 2D image of ``frame`` (SPEC section 2), float64, by extension name.
+    """Noise-free 2D image of ``frame`` (docs/reference.md §2), float64, by extension name.
 
     ``GREEN_CCD``/``RED_CCD`` (size x size electrons): per amplifier, the noise-free raw
     values ``raw / adc_scale * gain`` minus the overscan level ``pedestal * gain``, tiled

@@ -296,7 +296,7 @@ def arc_rate(
 
 
 def amp_regions(size: int, amps: int) -> list[tuple[slice, slice]]:
-    """CCD (row, column) slices of each amplifier's data, AMP1 first (SPEC section 2 tiling)."""
+    """CCD (row, column) slices of each amplifier's data, AMP1 first (tiling: reference §2)."""
     half = size // 2
     if amps == 2:
         return [(slice(0, size), slice(0, half)), (slice(0, size), slice(half, size))]
