@@ -493,3 +493,28 @@ def test_readme_one_master_command_works_as_written_and_the_table_agrees(small_n
     assert not (tmp_path / ".snakemake" / "metadata").exists()
     for path in (masters / DATE).glob("*.fits"):
         assert master_row(path)["median"] == fits.getheader(path, "GREEN_CCD")["QCMEDIAN"]
+
+
+def test_a_stale_master_takes_its_l1_wls_l2_and_traces_with_it(tmp_path):
+    """Masters the night's frames no longer make are retired with every file made from them:
+    the L1, an arclamp's wavelength solution and L2, the flat's trace files."""
+    counts = {"bias": 2, "dark": 0, "flat": 0, "arclamp": {}}
+    simulate_night(tmp_path / "sim", DATE, seed=5, size=48, counts=counts, extras=False)
+    night = Night(tmp_path, [DATE])
+    folder = night.masters_root / DATE
+    folder.mkdir(parents=True)
+    made = [
+        "dark.fits", "dark_L1.fits", "flat.fits", "flat_L1.fits", "flat_GREEN_CCD.csv",
+        "flat_RED_CCD.csv", "arclamp_autocal-thar-all-morn.fits",
+        "arclamp_autocal-thar-all-morn_L1.fits", "WLS_autocal-thar-all-morn_L1.fits",
+        "arclamp_autocal-thar-all-morn_L2.fits",
+    ]  # fmt: skip
+    for name in made:
+        (folder / f"kpf_{DATE}_master_{name}").write_bytes(b"x")
+    # a solution whose arclamp master is not on disk is not made from a stale master
+    other = folder / f"kpf_{DATE}_master_WLS_autocal-lfc-all-morn_L1.fits"
+    other.write_bytes(b"x")
+    cfg = load_config(overrides={k: str(v) for k, v in night.config().items()})
+    stale = Plans(cfg).stale_masters(DATE)
+    assert sorted(Path(p).name for p in stale) == sorted(f"kpf_{DATE}_master_{n}" for n in made)
+    assert str(other) not in stale  # not made from a stale master

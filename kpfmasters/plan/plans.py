@@ -25,6 +25,7 @@ from kpfmasters.core.naming import (
     TRACE_CCDS,
     l1_name,
     l2_name,
+    master_kind,
     master_name,
     trace_name,
     two_d_name,
@@ -50,6 +51,20 @@ def canonical(value):
 
 
 PLANNED_KEYS = ("IMTYPE", "EXPTIME", "MJD-OBS")
+
+
+def derived_products(date: str, master: str) -> list[str]:
+    """Names of the files made from 2D master ``master`` of night ``date``: its L1, and for
+    an arclamp its wavelength solution and L2, for the flat its two trace files. They go
+    (are retired) with it."""
+    kind = master_kind(master) or ""
+    names = [l1_name(master)]
+    if kind.startswith("arclamp_"):
+        tag = kind[len("arclamp_") :]
+        names += [wls_name(date, tag), l2_name(date, tag)]
+    if kind == "flat":
+        names += [trace_name(date, ccd) for ccd in TRACE_CCDS]
+    return names
 
 
 class Plans:
@@ -369,11 +384,13 @@ class Plans:
             for sel in plan.selections.values()
             if sel.buildable
         }
-        return sorted(
-            str(p)
+        stale = [
+            p
             for p in night.glob(f"kpf_{date}_master_*.fits")
             if MASTER_NAME_RE.match(p.name) and p.name not in keep
-        )
+        ]
+        derived = [night / name for p in stale for name in derived_products(date, p.name)]
+        return sorted(str(p) for p in [*stale, *derived] if p.is_file())
 
     def retire_target(self, date: str) -> str | None:
         """The receipt of moving ``date``'s stale masters aside (None when there are none):
