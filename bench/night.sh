@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Full-size night benchmark: simulate a KPF night at 4080 x 4080 per CCD (about 20 biases,
-# 5 darks, 30 flats, two arclamp OBJECTs of 8 frames; ~10 GB of L0) and time
-# `snakemake --cores 2` on it. Prints total wall time, time per rule and peak RSS per job
-# (from Snakemake's benchmark files) and appends the table to bench/RESULTS.md.
+# 5 darks, 30 flats, ThAr and LFC arclamps of 8 frames; KPF's trace geometry and encoding)
+# and time `snakemake --cores 2` on it through all four daily steps (2D masters, order traces
+# and L1, wavelength solutions and L2; registration is off). Prints total wall time, time
+# per rule and peak RSS per job (from Snakemake's benchmark files) and appends the table to
+# bench/RESULTS.md.
 #
 #   bash bench/night.sh [WORKDIR]        (default /tmp/kpf-night-bench; needs ~25 GB free)
 set -euo pipefail
@@ -16,11 +18,14 @@ if [ ! -f "$work/sim/truth/$date/frames.json" ]; then
     echo "simulating a full-size night in $work/sim ..."
     /usr/bin/time -f "simulation: %e s, peak RSS %M KiB" "$py" -m kpfmasters.cli simulate \
         --date $date --out "$work/sim" --size full --seed 1 \
-        --counts bias=20,dark=5,flat=30,arclamp=8
+        --counts bias=20,dark=5,flat=30,arclamp:autocal-thar-all-morn=8,arclamp:autocal-lfc-all-morn=8
 fi
+# the simulator's reference wavelength solution is the night's prior (wls.reference)
+printf 'wls:\n  reference: %s\n' "$work/sim/wls_reference.fits" > "$work/night.config.yaml"
 rm -rf "$work/work" "$work/masters" "$work/.snakemake"
 start=$(date +%s.%N)
 "$py" -m snakemake -s "$repo/Snakefile" -d "$work" --cores 2 --quiet rules \
+    --configfile "$work/night.config.yaml" \
     --config date=$date l0_root="$work/sim/L0" work_root="$work/work" \
     masters_root="$work/masters" order_mask="$work/sim/order_mask.fits" > "$work/run.log" 2>&1
 end=$(date +%s.%N)
