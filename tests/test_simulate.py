@@ -475,7 +475,7 @@ def test_kpf_keywords_elapsed_shutters_and_comb(night):
         comb = frame.object == "autocal-lfc-all-morn"
         assert ("LFCCEOFR" in head) is comb and ("LFCFRREF" in head) is comb
         if comb:
-            assert head["LFCCEOFR"] == pytest.approx(5.22) and head["LFCFRREF"] == 20.0
+            assert head["LFCCEOFR"] == pytest.approx(5.22e9) and head["LFCFRREF"] == 2.0e10
         seen.add(frame.object)
     assert {"autocal-bias", "autocal-dark", "autocal-flat-all"} <= seen
     with fits.open(night.frames[0].path, disable_image_compression=True) as hdul:

@@ -283,6 +283,8 @@ def test_comb_parameters_from_header_or_configuration():
     hdr = fits.Header({"LFCCEOFR": 5.0e9, "LFCFRREF": 2.0e10})
     assert lfc.comb_parameters(hdr, 1.0, 2.0) == (5.0e9, 2.0e10, "header")
     assert lfc.comb_parameters(fits.Header(), 5.22e9, 2e10) == (5.22e9, 2e10, "configuration")
+    in_ghz = fits.Header({"LFCCEOFR": 5.22, "LFCFRREF": 20.0})  # a header written in GHz
+    assert lfc.comb_parameters(in_ghz, 1.0, 2.0) == (pytest.approx(5.22e9), 2.0e10, "header (GHz)")
     n, lam = lfc.mode_wavelengths(5.22e9, 2e10, 4457.4, 8699.6)
     assert n[0] == 33628 and n[-1] == 17230
     assert np.all(np.diff(lam) > 0)

@@ -57,11 +57,16 @@ class LfcSettings:
 def comb_parameters(header, f0_default: float, frep_default: float) -> tuple[float, float, str]:
     """f0 and f_rep (Hz) from ``LFCCEOFR``/``LFCFRREF`` of a header, else the defaults.
 
+    The keywords are in Hz. A repetition rate below 1 MHz cannot be a comb's in Hz: such a
+    pair is taken as written in GHz (and the source says so) rather than asking for
+    billions of modes.
+
     Returns
     -------
     f0, frep : float
+        Hz.
     source : str
-        ``header`` or ``configuration``.
+        ``header``, ``header (GHz)`` or ``configuration``.
     """
     try:
         f0 = float(header["LFCCEOFR"])
@@ -70,6 +75,8 @@ def comb_parameters(header, f0_default: float, frep_default: float) -> tuple[flo
         return float(f0_default), float(frep_default), "configuration"
     if not (np.isfinite(f0) and np.isfinite(frep) and frep > 0):
         return float(f0_default), float(frep_default), "configuration"
+    if frep < 1e6:
+        return f0 * 1e9, frep * 1e9, "header (GHz)"
     return f0, frep, "header"
 
 

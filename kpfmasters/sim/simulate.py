@@ -76,8 +76,8 @@ RAW_DTYPE = np.uint32  # KPF's raw amplifier values: BITPIX 32 with BZERO 214748
 CAHK_DTYPE = np.uint16  # CA_HK in DN: BITPIX 16 with BZERO 32768
 BIAS_ELAPSED = (0.019, 0.024)  # seconds, as real KPF biases have
 SHUTTERS = ("SCISEL", "SKYSEL", "FFSHTR", "SCRAMSHT", "SIMCALSH")
-LFC_CEO_GHZ = 5.22  # comb offset frequency f0
-LFC_REP_GHZ = 20.0  # comb repetition rate f_rep
+LFC_CEO_HZ = 5.22e9  # comb offset frequency f0
+LFC_REP_HZ = 2.0e10  # comb repetition rate f_rep
 ORIGIN = "kpfmasters simulate"  # PRIMARY ORIGIN of every file the simulator writes
 BAND_ROWS = 256  # rows a band of the per-amplifier work; results depend on it
 
@@ -498,8 +498,8 @@ def primary_header(frame: SimFrame, date: str, seed: int, noise: bool) -> fits.H
     for key, state in shutter_states(frame).items():
         head[key] = (state, "shutter state")
     if "lfc" in frame.object.lower().split("-"):
-        head["LFCCEOFR"] = (LFC_CEO_GHZ, "LFC carrier-envelope offset frequency [GHz]")
-        head["LFCFRREF"] = (LFC_REP_GHZ, "LFC repetition rate reference [GHz]")
+        head["LFCCEOFR"] = (LFC_CEO_HZ, "LFC carrier-envelope offset frequency [Hz]")
+        head["LFCFRREF"] = (LFC_REP_HZ, "LFC repetition rate reference [Hz]")
     head["FRAMENO"] = (frame.index, "frame number of the night")
     head["SIMSEED"] = (seed, "simulation seed")
     head["SIMNOISE"] = (noise, "simulation includes noise")

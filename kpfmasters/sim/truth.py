@@ -267,7 +267,9 @@ def arc_rate(
     if light is not None:
         amplitude = np.asarray(light) * np.tile(orderlet_weights(obj), n_orders)[:, None]
         image = render(profile, amplitude)
-        scale = ARC_PEAK / image.max()
+        peak = float(image.max())
+        # a lamp can leave a CCD dark (the comb's envelope is zero on the bluest orders)
+        scale = ARC_PEAK / peak if peak > 0 else 0.0
         image *= scale
         if trace_flux is not None:
             trace_flux.append(amplitude * scale)
