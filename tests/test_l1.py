@@ -19,7 +19,7 @@ from tests.smk import Night, snakemake
 DATE = "20230606"
 SIZE = 128
 COUNTS = {"bias": 12, "dark": 5, "flat": 8, "arclamp": 3}
-KINDS = ("bias", "dark", "flat", "arclamp_autocal-une-sky", "arclamp_autocal-thar-all-eve")
+KINDS = ("bias", "dark", "flat", "arclamp_autocal-une-all-morn", "arclamp_autocal-thar-all-morn")
 CCDS = ("GREEN_CCD", "RED_CCD")
 UNITS = {"bias": "electrons", "dark": "electrons/sec", "flat": "dimensionless"}
 
@@ -212,7 +212,7 @@ def test_wave_reference_is_truth_plus_a_smooth_perturbation(night):
 # --------------------------------------------------------------------------- extraction
 
 
-@pytest.mark.parametrize("kind", ["bias", "flat", "arclamp_autocal-thar-all-eve"])
+@pytest.mark.parametrize("kind", ["bias", "flat", "arclamp_autocal-thar-all-morn"])
 def test_extraction_equals_the_box_definition(night, kind):
     """FLUX and VAR equal the plain implementation on the product's own 2D master and traces
     (to 1e-10 relative), and the flat's BLAZE is the same extraction of the stack."""
