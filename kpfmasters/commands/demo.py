@@ -28,7 +28,7 @@ DEMO_COUNTS = {
     "bias": 22,
     "dark": 5,
     "flat": 100,
-    "arclamp": {"autocal-thar-all-eve": 10, "autocal-une-sky": 10},
+    "arclamp": {"autocal-thar-all-morn": 10, "autocal-une-all-morn": 10},  # KPF OBJECTs
 }
 
 
