@@ -94,7 +94,9 @@ def is_number(value) -> bool:
     return False
 
 
-def _jsonable(value):
+def jsonable(value):
+    """A header value as the night index stores it (JSON): numbers, strings, booleans and
+    None as they are, a non-finite float as its text, anything else as ``str``."""
     if isinstance(value, (bool, int, float, str)) or value is None:
         if isinstance(value, float) and not math.isfinite(value):
             return str(value)
@@ -262,7 +264,7 @@ def read_frame(path: Path, amp_geometry: dict, keys: tuple[str, ...] = HEADER_KE
                 if bad is not None:
                     frame.problem = f"PRIMARY header card {bad} cannot be parsed"
                     return frame
-                frame.header = {k: _jsonable(primary[k]) for k in keys if k in primary}
+                frame.header = {k: jsonable(primary[k]) for k in keys if k in primary}
                 hdul.readall()
                 for i, hdu in enumerate(hdul):  # before fileinfo, which "fixes" bad cards
                     bad = unparsable_card(hdu.header)

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
+import time
+from pathlib import Path
+
+from astropy.io import fits
+
+from kpfmasters.core.errors import InputError
 from kpfmasters.core.logs import script_logging
+from kpfmasters.core.naming import TRACE_CCDS
 from kpfmasters.core.products import used_as_predecessor
+from kpfmasters.plan.night import jsonable
 from kpfmasters.science.master import MasterJob, build_master
+
+# The trace, L1 and wavelength modules (and numba's thread setting) are imported inside
+# their job functions: a job loads only the science it runs.
 
 
 def master_job_from_snakemake(smk, mtype: str) -> MasterJob:
@@ -55,14 +67,10 @@ def header_differences(path, planned: dict) -> list[str]:
     A file replaced between planning and its job would otherwise be converted as found but
     stacked under the plan's header (its INPUTS row, its exposure-time normalisation).
     """
-    from astropy.io import fits
-
-    from kpfmasters.plan.night import _jsonable
-
     header = fits.getheader(path, 0)
     out = []
     for key, want in planned.items():
-        have = _jsonable(header[key]) if key in header else None
+        have = jsonable(header[key]) if key in header else None
         if have != want:
             out.append(f"{key} is {have!r}, the plan read {want!r}")
     return out
@@ -71,8 +79,6 @@ def header_differences(path, planned: dict) -> list[str]:
 def check_planned_header(path, planned: dict) -> None:
     """Raise :class:`~kpfmasters.core.errors.InputError` when ``path`` no longer has the header
     the night was planned with (see :func:`header_differences`)."""
-    from kpfmasters.core.errors import InputError
-
     differences = header_differences(path, planned)
     if differences:
         raise InputError(
@@ -89,10 +95,6 @@ def retire(paths: list[str], folder) -> list[dict]:
     Returns one record per file (``from``, ``to``, ``size``); a path already gone is
     recorded with ``to`` null.
     """
-    import shutil
-    import time
-    from pathlib import Path
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -124,9 +126,6 @@ def run_traces(smk) -> dict:
 
 def run_l1(smk) -> dict:
     """The L1 file of one master inside a Snakemake job (rule l1_master)."""
-    from pathlib import Path
-
-    from kpfmasters.core.naming import TRACE_CCDS
     from kpfmasters.science.l1 import L1Job, build_l1
 
     with script_logging(smk.log[0]) as log:
