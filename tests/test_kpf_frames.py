@@ -135,6 +135,30 @@ def test_strings_compare_without_trailing_blanks_and_groups_ignore_case(base_con
     assert arcs == {"autocal-UNe-all-morn": ["00100", "00200", "00300"], "other": ["00400"]}
 
 
+def test_the_first_stamp_asked_for_writes_every_stamp_of_the_night(manual_night, tmp_path):
+    """Snakemake lists a folder once and trusts the listing: a settings or identity stamp
+    written after the first look would read as missing (targets named one by one)."""
+    root, _ = manual_night
+    cfg = config(root)
+    cfg["work_root"] = str(tmp_path / "work")
+    plans = Plans(cfg)
+    plan = plans.plan(DATE)
+    first = Path(plans.settings_stamp(DATE, "bias"))
+    made = {p.name for p in first.parent.iterdir()}
+    want = {
+        f"{Path(plans.master_path(DATE, s.mtype, s.tag)).stem}.json"
+        for s in plan.selections.values()
+        if s.buildable
+    }
+    assert len(want) == 4 and made == want  # bias, dark, flat and the ThAr arclamp
+    used = {f.stem for s in plan.selections.values() if s.buildable for f in s.used}
+    stamps = Path(cfg["work_root"]) / "2D" / DATE / ".identity"
+    assert {p.stem for p in stamps.iterdir()} == used
+    # a frame no master uses still gets its stamp when asked for
+    unused = next(f for f in plan.frames if f.stem not in used and not f.problem)
+    assert Path(plans.identity_stamp(DATE, unused.stem)).is_file()
+
+
 # -- frames that do not belong ----------------------------------------------------------------
 
 

@@ -94,6 +94,8 @@ class Plans:
         self._verified: dict[str, dict] | None = None  # loaded on first use
         self._no_trace_reported: set[str] = set()
         self._no_wls_reported: set[str] = set()
+        self._stamped: set[str] = set()  # nights whose stamps are written
+        self._stamps: set[Path] = set()  # the stamps written
 
     # -- paths -----------------------------------------------------------------------------
     def index_path(self, date: str) -> str:
@@ -267,6 +269,32 @@ class Plans:
         }
         return config_hash(__version__, effective)
 
+    # -- stamps ----------------------------------------------------------------------------
+    def _settings_stamp_path(self, date: str, mtype: str, tag: str | None) -> Path:
+        master = Path(self.master_path(date, mtype, tag))
+        return Path(self.cfg["work_root"]) / "settings" / date / f"{master.stem}.json"
+
+    def _identity_stamp_path(self, date: str, stem: str) -> Path:
+        return Path(self.cfg["work_root"]) / "2D" / date / ".identity" / f"{stem}.json"
+
+    def stamp_night(self, date: str) -> None:
+        """Write every settings and identity stamp of ``date`` at once (main process, once).
+
+        Snakemake lists a folder the first time it checks a file in it and trusts that
+        listing for the rest of the DAG, so a stamp written in the folder after the first
+        look would read as missing: all of a night's stamps exist before any is returned.
+        """
+        if date in self._stamped or not self.main_process or self.readonly:
+            return
+        self._stamped.add(date)
+        stems = set()
+        for sel in self.plan(date).selections.values():
+            if sel.buildable:
+                self._write_settings_stamp(date, sel.mtype, sel.tag)
+                stems.update(f.stem for f in sel.used)
+        for stem in sorted(stems):
+            self._write_identity_stamp(date, stem)
+
     def settings_stamp(self, date: str, mtype: str, tag: str | None = None) -> str:
         """An input of every master: ``<work_root>/settings/<date>/<master>.json``, holding
         the ``CFGHASH`` and ``SOFTVER`` the rule would write.
@@ -274,12 +302,19 @@ class Plans:
         When the master on disk carries other values (the settings or the software changed,
         whichever way the night was made: ``daily``, a plain run, another work root), the
         stamp is dated now, newer than the master, so Snakemake rebuilds it; when the master
-        agrees, the stamp is dated before it. Written in the main process only.
+        agrees, the stamp is dated before it. Written in the main process only, with the
+        night's other stamps (:meth:`stamp_night`).
         """
+        self.stamp_night(date)
+        stamp = self._settings_stamp_path(date, mtype, tag)
+        if stamp not in self._stamps and self.main_process and not self.readonly:
+            self._write_settings_stamp(date, mtype, tag)  # a master the plan cannot make
+        return str(stamp)
+
+    def _write_settings_stamp(self, date: str, mtype: str, tag: str | None) -> None:
         master = Path(self.master_path(date, mtype, tag))
-        stamp = Path(self.cfg["work_root"]) / "settings" / date / f"{master.stem}.json"
-        if not self.main_process or self.readonly:
-            return str(stamp)
+        stamp = self._settings_stamp_path(date, mtype, tag)
+        self._stamps.add(stamp)
         want = {"CFGHASH": self.cfghash(mtype), "SOFTVER": __version__}
         try:
             made = master.stat()
@@ -301,7 +336,7 @@ class Plans:
             with atomic_output(stamp) as tmp:
                 Path(tmp).write_text(text)
         if made is None:
-            return str(stamp)
+            return
         ns = stamp.stat().st_mtime_ns
         if agrees and ns >= made.st_mtime_ns:
             old = made.st_mtime_ns - 1_000_000_000
@@ -316,7 +351,6 @@ class Plans:
                     f"{header.get('SOFTVER')!r}, the rule now writes {want['CFGHASH']!r} "
                     f"{want['SOFTVER']!r}: rebuilt"
                 )
-        return str(stamp)
 
     def identity_stamp(self, date: str, stem: str) -> str:
         """An input of the 2D job: ``<work_root>/2D/<date>/.identity/<stem>.json`` holding
@@ -327,16 +361,22 @@ class Plans:
         made again; an unchanged identity leaves the stamp (dated before the 2D file) alone,
         so the L0 file's own time, past or future, never decides. Main process only.
         """
-        stamp = Path(self.cfg["work_root"]) / "2D" / date / ".identity" / f"{stem}.json"
-        if not self.main_process or self.readonly:
-            return str(stamp)
+        self.stamp_night(date)
+        stamp = self._identity_stamp_path(date, stem)
+        if stamp not in self._stamps and self.main_process and not self.readonly:
+            self._write_identity_stamp(date, stem)  # a frame no master uses
+        return str(stamp)
+
+    def _write_identity_stamp(self, date: str, stem: str) -> None:
+        stamp = self._identity_stamp_path(date, stem)
+        self._stamps.add(stamp)
         text = json.dumps(self._frame(date, stem).identity) + "\n"
         try:
             have = stamp.read_text()
         except OSError:
             have = None
         if have == text:
-            return str(stamp)
+            return
         with atomic_output(stamp) as tmp:
             Path(tmp).write_text(text)
         two_d = Path(self.twod_path(date, f"{stem}.fits"))
@@ -344,7 +384,6 @@ class Plans:
             # first stamp of a 2D file made before stamps existed: taken as made from it
             old = two_d.stat().st_mtime_ns - 1_000_000_000
             os.utime(stamp, ns=(old, old))
-        return str(stamp)
 
     def planned_header(self, date: str, stem: str) -> dict:
         """The header values the plan used (IMTYPE, EXPTIME, MJD-OBS); the 2D job checks
