@@ -1,6 +1,14 @@
 """Wavelength solutions and arclamp L2 files of a simulated night, made by a real Snakemake
 run through all four steps (2D masters, traces and L1, WLS and L2), checked against the
-simulator's truth."""
+simulator's truth.
+
+The night is 1024 x 1024 in KPF's trace geometry (the bottom-left corner of KPF's CCDs:
+its measured traces, flat-topped slit images and trimmed order mask; 10 GREEN and 9 RED
+orders of five orderlets), so the line positions meet what KPF's own traces and flat put
+on them. (The simulator's compact geometry, Gaussian profiles 1 px wide, puts up to a
+third of an aperture row outside the order mask, where the seed's flat is 1: the
+flat-divided arcs get flux steps that move lines by 0.008 px rms, measured noise-free.
+KPF's geometry leaves 0.0008 px.)"""
 
 from __future__ import annotations
 
@@ -12,12 +20,14 @@ import yaml
 from astropy.io import fits
 
 from kpfmasters.core.config import REPO_ROOT, merge
-from kpfmasters.science.l1 import L1_ORDERLETS, ext_name
+from kpfmasters.science.l1 import ext_name
+from kpfmasters.sim.lamps import NIGHT_CATALOGUE_ERROR_MS
 from kpfmasters.sim.simulate import simulate_night
 from tests.smk import Night, dry_run_outputs, snakemake
+from tests.wavetruth import night_wls_errors
 
 DATE = "20230606"
-SIZE = 512
+SIZE = 1024
 THAR = "autocal-thar-all-morn"
 LFC = "autocal-lfc-all-morn"
 COUNTS = {"bias": 5, "dark": 3, "flat": 5, "arclamp": {THAR: 3, LFC: 3}}
@@ -31,12 +41,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wls_night")]
 def night(tmp_path_factory):
     root = tmp_path_factory.mktemp("wls")
     night = Night(root, [DATE])
-    night.sim = simulate_night(root / "sim", DATE, seed=5, size=SIZE, counts=COUNTS)
+    night.sim = simulate_night(root / "sim", DATE, seed=5, size=SIZE, counts=COUNTS, geometry="kpf")
     wls = {
         "reference": str(night.sim.wls_reference_path),
         "thar_linelist": str(night.sim.thar_linelist_path),
-        # 512 columns hold about 45 comb modes per order in GREEN, 25 in RED
-        "lfc": {"min_lines": 12, "lines_per_degree": 6},
     }
     # Nested numbers need a configuration file (--config passes nested values as strings).
     cfg = merge(yaml.safe_load((REPO_ROOT / "config.yaml").read_text()), {"wls": wls})
@@ -72,43 +80,53 @@ def test_products_exist_and_rerun_is_empty(night):
 
 
 @pytest.mark.parametrize("tag, kind", [(THAR, "thar"), (LFC, "lfc")])
-def test_solution_beats_the_reference_and_is_flagged(night, tag, kind):
+def test_solution_is_flagged_and_laid_out(night, tag, kind):
     path = product(night, f"kpf_{DATE}_master_WLS_{tag}_L1.fits")
-    with fits.open(path, checksum=True) as hdul, fits.open(night.sim.wls_reference_path) as ref:
+    with fits.open(path, checksum=True) as hdul:
         hdr = hdul[0].header
         assert hdr["WLSTYPE"] == kind and hdr["MONOTWLS"] == 1
         names = [h.name for h in hdul]
         assert names[-4:] == ["TRACE", "WLS_ORDERS", "WLS_LINES", "INPUTS"]
         orders = hdul["WLS_ORDERS"].data
-        fitted = orders["STATUS"] == "fit"
-        assert fitted.mean() > 0.5
+        assert (orders["STATUS"] == "fit").mean() > 0.8
         if kind == "lfc":
             assert hdr["WLSPRIOR"] == f"kpf_{DATE}_master_WLS_{THAR}_L1.fits"
             # the bluest GREEN order gets no comb light: it keeps the ThAr solution
             dark = (orders["CHIP"] == "GREEN") & (orders["ORDER"] == 0)
             assert np.all(orders["STATUS"][dark] == "prior")
-        ratios, errs = [], []
-        for chip, ccd in CHIPS.items():
-            truth = truth_by_order(night, ccd)
-            for orderlet in L1_ORDERLETS:
-                sel = (orders["CHIP"] == chip) & (orders["ORDERLET"] == orderlet) & fitted
-                for o in orders["ORDER"][sel]:
-                    true = truth[orderlet][o]
-                    got = hdul[ext_name(chip, orderlet, "WAVE")].data[o]
-                    was = ref[ext_name(chip, orderlet, "WAVE")].data[o]
-                    err = np.sqrt(np.mean((C * (got - true) / true) ** 2))
-                    before = np.sqrt(np.mean((C * (was - true) / true) ** 2))
-                    ratios.append(err / before)
-                    errs.append(err)
-        # The reference is off by up to half a pixel (435 m/s); the solution is closer. Line
-        # positions in this small night's L1 scatter by several times their formal errors
-        # (3-frame masters, flat-divided compact traces), and 512 columns hold only 8-16
-        # ThAr lines per order: the photon-limit criteria are held by tests/test_wls.py.
-        ratios, errs = np.array(ratios), np.array(errs)
-        if kind == "lfc":
-            assert np.median(errs) < 15.0 and np.mean(errs < 30.0) > 0.9, errs
-        else:
-            assert np.median(ratios) < 0.5 and np.mean(ratios < 1) > 0.7, ratios
+            # RED is lit throughout, as KPF's comb lights it
+            assert np.all(orders["STATUS"][orders["CHIP"] == "RED"] == "fit")
+
+
+# ThAr: the simulated list's errors (NIGHT_CATALOGUE_ERROR_MS) join the noise in the limit,
+# as wls.thar.catalogue_error_ms joins them in the weights: no solution can beat its list.
+ACCURACY = [(THAR, NIGHT_CATALOGUE_ERROR_MS), (LFC, 0.0)]
+
+
+@pytest.mark.parametrize("tag, catalogue_error", ACCURACY)
+def test_solutions_reach_the_noise_limit(night, tag, catalogue_error):
+    """Per order and orderlet, the rms over columns of c (lambda_fit - lambda_true) /
+    lambda_true against the rms the noise allows (tests/wavetruth.py: Cramer-Rao centres
+    from the lines' true fluxes and widths, the arc frames' photon and read noise, the
+    flat frames' photon noise, propagated through the row's weighted Legendre fit).
+
+    Measured on this night: ThAr ratio median 1.0, 90% 1.6, max 2.7 (89 rows); comb median
+    1.5, 90% 2.1, max 3.7 (75 rows). The few comb rows above 2.5 are CAL and SCI rows of
+    bright comb orders where the seed's flat (reset to 1 outside the order mask, which the
+    box aperture crosses by fractions of a row) moves every line by a smooth pattern along
+    the order, 0.0008 px rms noise-free: a column-correlated error no fit averages out."""
+    errors = night_wls_errors(
+        night.sim, night.masters_root / DATE, DATE, tag, catalogue_error_ms=catalogue_error
+    )
+    assert len(errors) > 60
+    ratio = np.array([e["actual"] / e["limit"] for e in errors])
+    assert np.median(ratio) < 2.0, ratio
+    assert np.mean(ratio <= 2.5) >= 0.9, sorted(zip(ratio, [e["row"] for e in errors], strict=True))[-8:]
+    assert ratio.max() < 4.5, ratio.max()
+    # SEM_MS against the true zero-point error: the median |error| / SEM is that of a
+    # unit Gaussian (0.674) within a factor of 2
+    pulls = np.abs([e["zero_point"] / e["sem"] for e in errors])
+    assert 0.5 < np.median(pulls) / 0.6745 < 2.0
 
 
 def test_comb_mode_numbers_are_right(night):

@@ -122,3 +122,141 @@ def l1_hdul(chips, kind, wave_offset_ms=0.0, wave=None):
         )  # fmt: skip
     inputs = [("2d", "kpf_20230606_master_arclamp.fits", "0" * 32)]
     return l1_hdulist(primary, spectra, traces, inputs, {"WLSFILE": ("reference.fits", "")})
+
+
+# ------------------------------------------------------------------- a night's WLS against truth
+
+
+def _centre_limit(flux, sigma, x, background, read_noise, half, relative):
+    """Cramer-Rao bound of line centres (pixels) for a pixel-integrated Gaussian plus a
+    linear background (5 free parameters) with the variance
+    ``model + read_noise^2 + (relative * model)^2`` per pixel (the last term: the flat's
+    photon noise, which multiplies the flat-divided arc).
+
+    flux, sigma, x, relative: shape (n,); background, read_noise: electrons per pixel."""
+    from kpfmasters.sim.lamps import _pixel_gaussian
+
+    cols = np.rint(x)[:, None] + np.arange(-half, half + 1)[None, :]
+    dx = cols - np.rint(x)[:, None]
+    p = np.stack([flux, x, sigma, np.full_like(x, background), np.zeros_like(x)], axis=1)
+
+    def model(q):
+        return _pixel_gaussian(cols, q[:, 0:1], q[:, 1:2], q[:, 2:3]) + q[:, 3:4] + q[:, 4:5] * dx
+
+    one = np.ones_like(x)
+    steps = np.stack([flux * 1e-4, one * 1e-4, sigma * 1e-4, one * 1e-3, one * 1e-4], axis=1)
+    jac = np.empty(cols.shape + (5,))
+    for k in range(5):
+        up, dn = p.copy(), p.copy()
+        up[:, k] += steps[:, k]
+        dn[:, k] -= steps[:, k]
+        jac[..., k] = (model(up) - model(dn)) / (2 * steps[:, k : k + 1])
+    m = model(p)
+    var = m + read_noise**2 + (relative[:, None] * m) ** 2
+    fisher = np.einsum("nwi,nwj->nij", jac / var[..., None], jac)
+    with np.errstate(invalid="ignore"):  # a line too faint to constrain: NaN, left out
+        return np.sqrt(np.linalg.inv(fisher)[:, 1, 1])
+
+
+def _solution_limit(x, err_lambda, cols, ncol, degree, wave_row):
+    """rms over ``cols`` (m/s) of a weighted Legendre fit of ``degree`` to lines at ``x``
+    with wavelength errors ``err_lambda`` (Angstrom): sqrt(mean (c sigma_fit / lambda)^2)."""
+    from numpy.polynomial import legendre
+
+    a = legendre.legvander(2.0 * x / (ncol - 1) - 1.0, degree)
+    cov = np.linalg.inv((a / err_lambda[:, None] ** 2).T @ a)
+    ac = legendre.legvander(2.0 * cols / (ncol - 1) - 1.0, degree)
+    var = np.einsum("ci,ij,cj->c", ac, cov, ac)
+    return float(np.sqrt(np.mean(var * (C_MS / wave_row[cols]) ** 2)))
+
+
+def night_wls_errors(sim, masters_dir, date, tag, catalogue_error_ms=0.0):
+    """Each fitted row of a night's WLS file against the simulator's truth.
+
+    For every row (order of an orderlet) with STATUS ``fit``: ``actual``, the rms over the
+    trace's columns of c (lambda_fit - lambda_true) / lambda_true (m/s); ``zero_point``,
+    its mean; ``sem``, the row's SEM_MS; ``limit``, the rms the noise allows, from the
+    used lines at their columns and the row's degree: each line's Cramer-Rao centre error
+    from its true flux and width (the truth's noise-free spectrum fitted at the line), the
+    arclamp master's frames (NFRAMES x EXPTIME), the read noise of the aperture's rows,
+    the background under the lines, and the photon noise of the master flat's frames
+    that the arc is divided by; with ``catalogue_error_ms`` (ThAr) the list's errors join
+    each line's in quadrature. Returns a list of dicts.
+    """
+    from astropy.io import fits
+
+    from kpfmasters.science import wls
+    from kpfmasters.science.extract import aperture_weights
+    from kpfmasters.science.l1 import ext_name
+    from kpfmasters.science.linefit import LineFitSettings, fit_lines
+    from kpfmasters.science.traces import evaluate
+
+    half = 5
+    arc = fits.getheader(masters_dir / f"kpf_{date}_master_arclamp_{tag}.fits")
+    flat = fits.getheader(masters_dir / f"kpf_{date}_master_flat.fits")
+    electrons = arc["NFRAMES"] * arc["EXPTIME"]  # e-/s -> electrons of the stacked frames
+    flat_seconds = flat["NFRAMES"] * flat["EXPTIME"]
+    out = []
+    with fits.open(masters_dir / f"kpf_{date}_master_WLS_{tag}_L1.fits") as hdul:
+        orders, lines = hdul["WLS_ORDERS"].data, hdul["WLS_LINES"].data
+        trace = hdul["TRACE"].data
+        for row in orders[orders["STATUS"] == "fit"]:
+            chip, orderlet, o = row["CHIP"].strip(), row["ORDERLET"].strip(), int(row["ORDER"])
+            truth = sim.ccds[f"{chip}_CCD"]
+            spec = truth.spectrograph
+            pairs = zip(spec.fiber, spec.order, strict=True)
+            i = next(k for k, (f, n) in enumerate(pairs) if f == orderlet and n == o)
+            true_row = np.asarray(spec.wave[i], dtype=float)
+            ncol = len(true_row)
+            cols = np.arange(int(spec.x1[i]), int(spec.x2[i]) + 1)
+            fitted = hdul[ext_name(chip, orderlet, "WAVE")].data[o]
+            v = C_MS * (fitted[cols] - true_row[cols]) / true_row[cols]
+            sel = (
+                (np.char.strip(lines["CHIP"]) == chip)
+                & (np.char.strip(lines["ORDERLET"]) == orderlet)
+                & (lines["ORDER"] == o)
+                & lines["USED"]
+            )
+            x = lines["X"][sel].astype(float)
+            # true flux and width of each line: the noise-free spectrum fitted there
+            light = np.asarray(spec.arcs[arc["OBJECT"]][i], dtype=float)[None, :]
+            true = fit_lines(
+                light, np.ones_like(light), np.zeros(len(x), int), x, half, 2.0,
+                LineFitSettings(min_snr=0.0, max_chi2red=np.inf),
+            )  # fmt: skip
+            t = trace[
+                (np.char.strip(trace["CHIP"]) == chip)
+                & (np.char.strip(trace["Fiber"]) == orderlet)
+                & (trace["Order"] == o)
+            ][0]
+            coeffs = np.array([[t["Coeff0"], t["Coeff1"], t["Coeff2"], t["Coeff3"]]])
+            centre = evaluate(coeffs, np.arange(ncol, dtype=float))
+            edges = np.array([t["BottomEdge"]]), np.array([t["TopEdge"]])
+            rows, w = aperture_weights(centre, *edges)
+            rows, w = np.clip(rows[0], 0, truth.shape[0] - 1), w[0]
+            lamp = (truth.lamp * truth.prnu).astype(float)[rows, np.arange(ncol)[None, :]]
+            rel2 = np.sum(w * w * lamp, axis=0) / (flat_seconds * np.sum(w * lamp, axis=0) ** 2)
+            flux1 = hdul[ext_name(chip, orderlet, "FLUX")].data[o]
+            background = max(float(np.nanpercentile(flux1, 5)), 0.0) * electrons
+            npix = float(t["BottomEdge"] + t["TopEdge"])
+            read = float(np.mean(truth.read_noise)) * np.sqrt(npix * arc["NFRAMES"])
+            err_x = _centre_limit(
+                true.amp * electrons, true.sigma, x, background, read, half,
+                np.sqrt(np.interp(x, np.arange(ncol), rel2)),
+            )  # fmt: skip
+            lam = np.interp(x, np.arange(ncol), true_row)
+            err_lam = np.hypot(err_x * wls.dispersion(true_row, x), catalogue_error_ms * lam / C_MS)
+            ok = np.isfinite(err_lam)
+            limit = _solution_limit(x[ok], err_lam[ok], cols, ncol, int(row["DEGREE"]), true_row)
+            out.append(
+                {
+                    "row": f"{chip} {orderlet} order {o}",
+                    "actual": float(np.sqrt(np.mean(v * v))),
+                    "zero_point": float(np.mean(v)),
+                    "sem": float(row["SEM_MS"]),
+                    "limit": limit,
+                    "nlines": int(sel.sum()),
+                    "degree": int(row["DEGREE"]),
+                }
+            )
+    return out

@@ -312,7 +312,10 @@ def lfc_solution(
             )  # fmt: skip
     mode = mode + shift[rows]
     wave = C_AS / (f0 + mode * frep)
-    sol = solve_rows(nrows, ncol, rows, wave, fits, prior, s.solve, labels, line_mode=mode)
+    sol = solve_rows(
+        nrows, ncol, rows, wave, fits, prior, s.solve, labels, line_mode=mode,
+        valid=np.isfinite(flux),
+    )  # fmt: skip
     for r in range(nrows):
         if sol.status[r] != "fit" and np.isfinite(prior[r]).any():
             sol.notes[r] = "no usable comb light: " + sol.notes[r]

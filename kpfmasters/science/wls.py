@@ -1,10 +1,15 @@
 """Wavelength solutions: lambda(x) per order and orderlet from located lines.
 
 A solution is fitted to each row of a stack of 1D spectra (one row = one order of one
-orderlet, shape (rows, columns)) independently, as a Legendre series in the column x over the
-domain [0, ncol - 1], weighted by 1 / X_ERR^2 expressed in wavelength
-(sigma_lambda = X_ERR * |d lambda / dx|), with iterative clipping of outliers. A row with too
-few usable lines keeps its prior solution and says so (``STATUS`` = ``prior``).
+orderlet, shape (rows, columns)) independently: lambda(x) = prior(x) + a Legendre series in
+the column x over the domain [0, ncol - 1], weighted by 1 / X_ERR^2 expressed in wavelength
+(sigma_lambda = X_ERR * |d lambda / dx|), with iterative clipping of outliers. The series
+corrects the prior (the reference solution, or the night's ThAr solution for the comb), so
+the prior's shape carries the solution where no line constrains it; its degree follows the
+line count and is lowered while the fit's formal error beyond the outermost lines grows more
+than ``max_error_growth`` times its largest value between them (no high-degree series is
+extrapolated over an end of an order without lines). A row with too few usable lines keeps
+its prior solution and says so (``STATUS`` = ``prior``).
 
 The ThAr solution is made here: each line of a vacuum line list is predicted at a column
 through the prior solution, located in the spectrum (``linefit``), and identified with its
@@ -54,6 +59,13 @@ class SolveSettings:
     min_coverage : float
         The used lines must span at least this fraction of the row's columns (beyond them
         the series would be extrapolated); otherwise the prior is kept.
+    wave_error_ms : float
+        Uncertainty of the lines' listed wavelengths (m/s), added in quadrature to each
+        line's own error in the weights (ThAr: the line list's accuracy; 0 for the comb).
+    max_error_growth : float
+        The degree is lowered until the formal error of the fitted series at every column
+        of the row is at most this many times its largest value between the outermost
+        used lines.
     """
 
     max_degree: int = 5
@@ -62,6 +74,8 @@ class SolveSettings:
     clip_nsigma: float = 4.0
     clip_iterations: int = 5
     min_coverage: float = 0.6
+    max_error_growth: float = 2.0
+    wave_error_ms: float = 0.0
 
 
 @dataclass
@@ -69,7 +83,8 @@ class RowSolution:
     """The solution of one row (order of one orderlet).
 
     ``wave`` is lambda at every column (Angstrom, shape (ncol,)); ``coeffs`` the Legendre
-    coefficients over the domain [0, ncol - 1] (empty for the prior); ``used`` marks the
+    coefficients of the correction to the prior over the domain [0, ncol - 1] (empty for
+    the prior); ``used`` marks the
     lines kept (shape of the row's lines); ``resid_ms`` c * (lambda_fit(X) - WAVE) / WAVE of
     every line (NaN where the line has no fit); ``rms_ms`` the weighted rms of the used
     lines' residuals and ``sem_ms`` the standard error of the row's zero point; ``status``
@@ -204,6 +219,63 @@ def choose_degree(n: int, settings: SolveSettings) -> int:
     return int(max(1, min(settings.max_degree, n // max(1, settings.lines_per_degree))))
 
 
+def guarded_degree(
+    t: np.ndarray,
+    y: np.ndarray,
+    weight: np.ndarray,
+    t_cols: np.ndarray,
+    degree: int,
+    growth: float,
+    adequacy: float = 2.0,
+) -> int:
+    """Degree <= ``degree`` of the series fitted to ``y``: lowered while its formal error
+    beyond the outermost lines grows more than ``growth`` times its largest value between
+    them, but never to a degree that cannot describe the lines (reduced chi-square more
+    than ``adequacy`` times that of ``degree``: the extrapolation of an inadequate series
+    is worse than that of an uncertain one).
+
+    Parameters
+    ----------
+    t : ndarray, shape (n,)
+        Lines in the series' scaled variable (-1..1).
+    y : ndarray, shape (n,)
+        The values fitted (the lines' wavelengths less the prior's, Angstrom).
+    weight : ndarray, shape (n,)
+        Their fit weights (1 / sigma).
+    t_cols : ndarray, shape (m,)
+        The row's columns with a solution, in the scaled variable.
+    degree : int
+        Degree the line count allows.
+    growth : float
+        Largest accepted ratio of the two formal errors.
+    adequacy : float
+        Largest accepted ratio of reduced chi-squares of a lower degree and ``degree``.
+    """
+    inside = (t_cols >= t.min()) & (t_cols <= t.max())
+    if inside.all() or not inside.any():
+        return degree
+
+    def chi2red(d):
+        c = legendre.legfit(t, y, d, w=weight)
+        r = (y - legendre.legval(t, c)) * weight
+        return float(np.sum(r * r)) / max(len(t) - d - 1, 1)
+
+    reference = chi2red(degree)
+    for d in range(degree, 0, -1):
+        if d < degree and chi2red(d) > adequacy * max(reference, 1e-30):
+            return d + 1
+        a = legendre.legvander(t, d) * weight[:, None]
+        try:
+            cov = np.linalg.inv(a.T @ a)
+        except np.linalg.LinAlgError:
+            continue
+        ac = legendre.legvander(t_cols, d)
+        var = np.einsum("ci,ij,cj->c", ac, cov, ac)
+        if np.sqrt(var[~inside].max()) <= growth * np.sqrt(var[inside].max()):
+            return d
+    return min(degree, 1)
+
+
 def monotonic(wave: np.ndarray) -> bool:
     """True when lambda is strictly monotonic in x in every row with data.
 
@@ -246,7 +318,90 @@ def weighted_stats(resid_ms: np.ndarray, err_ms: np.ndarray) -> tuple[float, flo
     return rms, float(rms / np.sqrt(len(r)))
 
 
+def zero_point_error(
+    t: np.ndarray, resid_ms: np.ndarray, err_ms: np.ndarray, t_cols: np.ndarray, degree: int
+) -> float:
+    """Standard error (m/s) of a row's zero point: the solution's mean over its columns.
+
+    The covariance of the weighted Legendre fit (weights 1 / err^2, in velocity) is scaled
+    by the reduced chi-square sum(w r^2) / (n - degree - 1), so the errors are those of the
+    scatter actually seen; the zero point's variance is g^T Cov g with g the mean of the
+    basis over the row's columns. For equal weights, many lines and lines spread evenly over
+    the row this is RMS / sqrt(n); lines bunched in part of the row give the larger error of the
+    solution where they are not.
+
+    Parameters
+    ----------
+    t : ndarray, shape (n,)
+        Used lines in the series' scaled variable.
+    resid_ms, err_ms : ndarray, shape (n,)
+        Their residuals and errors (m/s).
+    t_cols : ndarray, shape (m,)
+        The row's columns, scaled.
+    degree : int
+        Degree of the fitted series.
+    """
+    w = 1.0 / np.asarray(err_ms, dtype=float) ** 2
+    r = np.asarray(resid_ms, dtype=float)
+    n = len(r)
+    if n <= degree + 1:
+        return float("nan")
+    a = legendre.legvander(t, degree)
+    try:
+        cov = np.linalg.inv((a * w[:, None]).T @ a)
+    except np.linalg.LinAlgError:
+        return float("nan")
+    g = legendre.legvander(t_cols, degree).mean(axis=0)
+    return float(np.sqrt(max(g @ cov @ g, 0.0) * np.sum(w * r * r) / (n - degree - 1)))
+
+
 # --------------------------------------------------------------------------- the fit
+
+
+def leverage_factor(vander: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """Variance of each line's residual in units of its own, for the fit to the ``used``
+    lines: 1 - h for a used line, 1 + h for one left out (h its leverage, the diagonal of
+    the weighted fit's hat matrix).
+
+    Dividing a residual by the square root studentises it: a line at the end of a row,
+    which a high-degree series bends to follow (h near 1, a small residual), is judged by
+    how far it lies from the fit of the others. ``vander`` is the weighted design matrix,
+    shape (n, degree + 1).
+    """
+    try:
+        r = np.linalg.qr(vander[used], mode="r")
+        g = np.linalg.solve(r.T, vander.T).T  # rows: a_i R^-1
+    except np.linalg.LinAlgError:
+        return np.ones(len(vander))
+    h = np.sum(g * g, axis=1)
+    return np.where(used, np.clip(1.0 - h, 1e-6, None), 1.0 + h)
+
+
+LOW_DEGREE = 2  # degree of the first outlier search of fit_legendre_clipped
+
+
+def _clip_rounds(t, lam, lam_err, w, degree, used, settings: SolveSettings) -> np.ndarray:
+    """Fit-and-clip rounds at one degree, from the lines ``used``; returns those kept."""
+    vander = legendre.legvander(t, degree) * w[:, None]
+    for _ in range(settings.clip_iterations):
+        coeffs = legendre.legfit(t[used], lam[used], degree, w=w[used])
+        z = (lam - legendre.legval(t, coeffs)) / lam_err
+        z /= np.sqrt(leverage_factor(vander, used))
+        mad = np.median(np.abs(z[used] - np.median(z[used])))
+        scale = 1.4826 * mad if mad > 0 else np.std(z[used])
+        limit = settings.clip_nsigma * max(scale, 1e-12)
+        # A round leaves out the worst line beyond the limit and any beyond twice it (an
+        # outlier distorts the fit and the scatter: the others are judged again without
+        # it), and takes back left-out lines now within the limit.
+        new = np.abs(z) <= limit
+        if (~new & used).any():
+            worst = int(np.argmax(np.where(used, np.abs(z), -np.inf)))
+            new = (used & (np.abs(z) <= 2 * limit)) | (~used & new)
+            new[worst] = False
+        if new.sum() < degree + 2 or np.array_equal(new, used):
+            break
+        used = new
+    return used
 
 
 def fit_legendre_clipped(
@@ -257,14 +412,16 @@ def fit_legendre_clipped(
     degree: int,
     settings: SolveSettings,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted Legendre fit of lambda(x) with iterative clipping.
+    """Weighted Legendre fit of y(x) with iterative clipping (y: the lines' wavelengths
+    less the prior's there, the correction :func:`solve_row` fits). Residuals are
+    studentised (:func:`leverage_factor`) before the robust clip.
 
     Parameters
     ----------
     x : ndarray, shape (n,)
         Line columns (pixels).
     lam, lam_err : ndarray, shape (n,)
-        Line wavelengths and their errors (Angstrom); weights 1 / lam_err^2.
+        The values fitted and their errors (Angstrom); weights 1 / lam_err^2.
     ncol : int
         Columns of the row: the series' domain is [0, ncol - 1].
     degree : int
@@ -282,18 +439,11 @@ def fit_legendre_clipped(
     t = 2.0 * x / (ncol - 1) - 1.0
     w = 1.0 / lam_err
     used = np.ones(len(x), dtype=bool)
-    coeffs = legendre.legfit(t, lam, degree, w=w)
-    for _ in range(settings.clip_iterations):
-        coeffs = legendre.legfit(t[used], lam[used], degree, w=w[used])
-        z = (lam - legendre.legval(t, coeffs)) / lam_err
-        mad = np.median(np.abs(z[used] - np.median(z[used])))
-        scale = 1.4826 * mad if mad > 0 else np.std(z[used])
-        new = np.abs(z) <= settings.clip_nsigma * max(scale, 1e-12)
-        if new.sum() < degree + 2:
-            break
-        if np.array_equal(new, used):
-            break
-        used = new
+    # Outliers are sought first with a low degree (the correction to a good prior is
+    # smooth), where one bad line cannot bend the series to itself, then at ``degree``,
+    # where lines left out may come back.
+    for d in sorted({min(degree, LOW_DEGREE), degree}):
+        used = _clip_rounds(t, lam, lam_err, w, d, used, settings)
     coeffs = legendre.legfit(t[used], lam[used], degree, w=w[used])
     return coeffs, used
 
@@ -304,6 +454,7 @@ def solve_row(
     lam: np.ndarray,
     prior_row: np.ndarray,
     settings: SolveSettings,
+    valid: np.ndarray | None = None,
 ) -> RowSolution:
     """Fit lambda(x) of one row from its located lines, or keep the prior.
 
@@ -317,6 +468,9 @@ def solve_row(
         The prior solution (Angstrom); also gives d lambda / dx for the weights.
     settings : SolveSettings
         Degree, minimum line count and clipping.
+    valid : ndarray of bool, shape (ncol,), optional
+        The row's columns with data (its trace's extent, finite FLUX): the columns whose
+        formal error :func:`guarded_degree` watches. All columns of the prior when None.
 
     Returns
     -------
@@ -335,12 +489,27 @@ def solve_row(
             prior_row.copy(), np.zeros(0), 0, np.zeros(n, bool), nanres, np.nan, np.nan,
             STATUS_PRIOR, f"{n} lines located, fewer than {settings.min_lines}: prior kept",
         )  # fmt: skip
-    degree = choose_degree(n, settings)
-    lam_err = x_err * dispersion(prior_row, x)
-    coeffs, used = fit_legendre_clipped(x, lam, lam_err, ncol, degree, settings)
-    t_all = 2.0 * np.arange(ncol) / (ncol - 1) - 1.0
+    cols = np.arange(ncol, dtype=float)
+    have = np.isfinite(prior_row)
+    watch = have if valid is None else have & np.asarray(valid, dtype=bool)
+    if not watch.any():
+        watch = have
+    t_all = 2.0 * cols / (ncol - 1) - 1.0
     t = 2.0 * x / (ncol - 1) - 1.0
-    resid = C_MS * (legendre.legval(t, coeffs) - lam) / lam
+    base = np.interp(x, cols[have], prior_row[have])  # the prior at the lines
+    # the line list's own uncertainty joins each line's (a comb's modes are exact)
+    lam_err = np.hypot(x_err * dispersion(prior_row, x), settings.wave_error_ms * lam / C_MS)
+    degree = choose_degree(n, settings)
+    coeffs, used = fit_legendre_clipped(x, lam - base, lam_err, ncol, degree, settings)
+    if used.sum() > degree + 1:  # the guard looks at the lines the clipping kept
+        guarded = guarded_degree(
+            t[used], (lam - base)[used], 1.0 / lam_err[used], t_all[watch], degree,
+            settings.max_error_growth,
+        )  # fmt: skip
+        if guarded < degree:
+            degree = guarded
+            coeffs, used = fit_legendre_clipped(x, lam - base, lam_err, ncol, degree, settings)
+    resid = C_MS * (base + legendre.legval(t, coeffs) - lam) / lam
     if used.sum() < settings.min_lines:
         return RowSolution(
             prior_row.copy(), np.zeros(0), 0, np.zeros(n, bool), resid, np.nan, np.nan,
@@ -348,18 +517,20 @@ def solve_row(
             f"{int(used.sum())} lines left after clipping, fewer than {settings.min_lines}: "
             "prior kept",
         )  # fmt: skip
-    span = (x[used].max() - x[used].min()) / (ncol - 1)
+    extent = max(float(cols[watch].max() - cols[watch].min()), 1.0)  # the row's own columns
+    span = (x[used].max() - x[used].min()) / extent
     if span < settings.min_coverage:
         return RowSolution(
             prior_row.copy(), np.zeros(0), 0, np.zeros(n, bool), resid, np.nan, np.nan,
             STATUS_PRIOR,
-            f"lines span {span:.0%} of the columns, less than {settings.min_coverage:.0%}: "
+            f"lines span {span:.0%} of the row's columns, less than "
+            f"{settings.min_coverage:.0%}: "
             "prior kept",
         )  # fmt: skip
     err_ms = C_MS * lam_err / lam
-    rms, sem = weighted_stats(resid[used], err_ms[used])
-    wave = legendre.legval(t_all, coeffs)
-    wave[~np.isfinite(prior_row)] = np.nan
+    rms, _ = weighted_stats(resid[used], err_ms[used])
+    wave = prior_row + legendre.legval(t_all, coeffs)
+    sem = zero_point_error(t[used], resid[used], err_ms[used], t_all[watch], degree)
     return RowSolution(wave, coeffs, degree, used, resid, rms, sem, STATUS_FIT)
 
 
@@ -373,6 +544,7 @@ def solve_rows(
     settings: SolveSettings,
     labels: list[str] | None = None,
     line_mode: np.ndarray | None = None,
+    valid: np.ndarray | None = None,
 ) -> Solution:
     """Solve every row from its lines with a good fit; rows without enough keep the prior.
 
@@ -393,6 +565,8 @@ def solve_rows(
         A name per row for the log (e.g. "GREEN SCI2 order 4").
     line_mode : ndarray of int, optional
         Comb mode numbers (-1 for catalogue lines).
+    valid : ndarray of bool, shape (nrows, ncol), optional
+        Columns with data in each row (finite FLUX), see :func:`solve_row`.
 
     Returns
     -------
@@ -413,7 +587,10 @@ def solve_rows(
     for r in range(nrows):
         idx = order[bounds[r] : bounds[r + 1]]
         idx = idx[good[idx]]
-        sol = solve_row(fits.mu[idx], fits.mu_err[idx], line_wave[idx], prior[r], settings)
+        sol = solve_row(
+            fits.mu[idx], fits.mu_err[idx], line_wave[idx], prior[r], settings,
+            None if valid is None else valid[r],
+        )  # fmt: skip
         wave[r] = sol.wave
         status.append(sol.status)
         notes.append(sol.note)
@@ -554,6 +731,9 @@ def thar_solution(
         )
     rows, wave, x_pred, blend = thar_lines(prior, catalogue, s.blend_px)
     fits = fit_lines(flux, var, rows, x_pred, s.half_window, s.max_offset, s.line, blend=blend)
-    sol = solve_rows(flux.shape[0], flux.shape[1], rows, wave, fits, prior, s.solve, labels)
+    sol = solve_rows(
+        flux.shape[0], flux.shape[1], rows, wave, fits, prior, s.solve, labels,
+        valid=np.isfinite(flux),
+    )  # fmt: skip
     sol.extra["blends"] = int(np.sum((fits.flags & FLAG_BLEND) != 0))
     return sol

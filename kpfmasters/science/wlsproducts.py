@@ -475,6 +475,8 @@ def settings_from_config(cfg: dict) -> tuple[wls.TharSettings, lfc.LfcSettings]:
             clip_nsigma=cfg["clip_nsigma"],
             clip_iterations=cfg["clip_iterations"],
             min_coverage=section["min_coverage"],
+            max_error_growth=cfg["max_error_growth"],
+            wave_error_ms=section.get("catalogue_error_ms", 0.0),
         )
 
     thar = wls.TharSettings(

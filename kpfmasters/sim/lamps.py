@@ -380,6 +380,7 @@ def solution_error_limit(
 
 # --------------------------------------------------------------------------- simulated nights
 
+GREEN_RED_SPLIT = 5500.0  # Angstrom: GREEN's traces lie bluer, RED's redder
 THAR_RELATIVE_FLUX = (1.0, 300.0)  # ThAr line strengths, log-uniform (2.5 decades)
 NIGHT_CATALOGUE_ERROR_MS = 3.0  # catalogue errors of a simulated night's ThAr list
 
@@ -425,7 +426,9 @@ def lamp_light(
     dark_fraction : float
         Comb: this fraction of the bluest orders of GREEN (at least one) gets no light, as
         KPF's 12 of 35; a CCD whose orders all lie redward of ``dark_below`` is lit
-        throughout. Applied only when the bluest order is bluer than 6000 A (GREEN).
+        throughout. Applied only when the bluest order is bluer than ``GREEN_RED_SPLIT``
+        (GREEN: KPF's RED CCD starts near 5950 A, so its bluest traces dip below 6000 A,
+        and the comb lights RED throughout).
 
     Returns
     -------
@@ -448,7 +451,7 @@ def lamp_light(
         )  # fmt: skip
     else:
         dark_below = 0.0
-        if np.nanmin(wave) < 6000.0:
+        if np.nanmin(wave) < GREEN_RED_SPLIT:
             n_orders = int(order.max()) + 1
             k = max(1, int(round(dark_fraction * n_orders)))
             dark_below = float(np.nanmax(wave[order < k]))

@@ -5,8 +5,9 @@ Two geometries:
 - ``compact`` (any size; the small and medium test nights): the simulator's own traces,
   orderlets 6 px apart with a Gaussian cross-profile of sigma 1 px
   (:func:`kpfmasters.sim.truth.trace_centres`);
-- ``kpf`` (4080 x 4080 only): KPF's measured traces (``kpfmasters/data/
-  kpf_order_trace_<CCD>.csv``, from kpf-next): 35 GREEN orders of five orderlets, 32 RED
+- ``kpf`` (4080 x 4080, or its bottom-left corner at smaller sizes): KPF's measured traces
+  (``kpfmasters/data/kpf_order_trace_<CCD>.csv``, from kpf-next): 35 GREEN orders of five
+  orderlets, 32 RED
   orders whose bottom one has no SKY; flat-topped slit images (half-height from the file's
   edges, soft edges of sigma ``SLIT_SOFTNESS``).
 
@@ -174,10 +175,18 @@ def kpf_trace_file(name: str) -> Path:
 
 
 def kpf(name: str, rng: np.random.Generator, size: int = KPF_SIZE) -> Spectrograph:
-    """Spectrograph of KPF's measured traces (4080 x 4080 only)."""
-    if size != KPF_SIZE:
-        raise ValueError(f"the kpf trace geometry is {KPF_SIZE} pixels wide, not {size}")
+    """Spectrograph of KPF's measured traces.
+
+    At 4080 x 4080 the whole CCD; at a smaller ``size`` its bottom-left ``size`` x ``size``
+    corner: the orders whose every trace lies inside it (with a margin of 4 px), the traces'
+    own shapes, slit heights and spacing, over the first ``size`` columns (a medium test
+    night with KPF's cross-profiles and order mask at a fraction of the cost).
+    """
+    if not 64 <= size <= KPF_SIZE:
+        raise ValueError(f"the kpf trace geometry needs 64 to {KPF_SIZE} pixels, not {size}")
     ts = read_traces(kpf_trace_file(name), order_base=1)
+    if size < KPF_SIZE:
+        ts = _corner(ts, size)
     centres = ts.centres(size)
     half = separate((ts.bottom + ts.top) / 2 - 0.5, centres)
     spec = Spectrograph(
@@ -194,6 +203,31 @@ def kpf(name: str, rng: np.random.Generator, size: int = KPF_SIZE) -> Spectrogra
     )
     spec.wave = wavelengths(spec.echelle, spec.fiber, size, rng)
     return spec
+
+
+def _corner(ts: TraceSet, size: int, margin: float = 4.0) -> TraceSet:
+    """The traces of the whole orders that lie in the bottom-left ``size`` x ``size`` corner
+    over at least half its width."""
+    centres = ts.centres(size)
+    inside = (centres.min(axis=1) - ts.bottom >= margin) & (
+        centres.max(axis=1) + ts.top <= size - 1 - margin
+    )
+    # and that cover at least half the width (the pipeline leaves shorter traces out)
+    long = np.minimum(ts.x2, size - 1) - ts.x1 + 1 >= size / 2
+    whole = inside & long
+    orders = [o for o in sorted(set(ts.order)) if all(whole[np.asarray(ts.order) == o])]
+    if not orders:
+        raise ValueError(f"no whole KPF order fits in {size} rows")
+    keep = np.isin(ts.order, orders)
+    return TraceSet(
+        coeffs=ts.coeffs[keep],
+        bottom=ts.bottom[keep],
+        top=ts.top[keep],
+        x1=np.minimum(ts.x1[keep], size - 1),
+        x2=np.minimum(ts.x2[keep], size - 1),
+        fiber=[f for f, k in zip(ts.fiber, keep, strict=True) if k],
+        order=np.asarray(ts.order)[keep] - orders[0],  # counted from the corner's bottom
+    )
 
 
 def separate(half: np.ndarray, centres: np.ndarray, gap: float = 3 * SLIT_SOFTNESS):
