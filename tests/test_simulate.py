@@ -555,3 +555,38 @@ def kpf_geometry():
     from kpfmasters.science.l0to2d import AmpGeometry
 
     return AmpGeometry.from_config(load_config(overrides={"date": DATE}))
+
+
+def test_kpf_geometry_corner_keeps_whole_orders_from_zero():
+    """A medium night in KPF's geometry: the bottom-left corner of its CCDs, whole orders
+    (every trace inside, half the width at least), numbered from 0, KPF's own shapes."""
+    from kpfmasters.science.traces import read_traces
+    from kpfmasters.sim import spectrograph as sg
+
+    for name in ("GREEN_CCD", "RED_CCD"):
+        full = read_traces(sg.kpf_trace_file(name), order_base=1)
+        spec = sg.kpf(name, np.random.default_rng(1), 1024)
+        assert spec.size == 1024 and spec.order.min() == 0
+        assert spec.centres.min() >= 4 and spec.centres.max() <= 1019
+        assert np.all(spec.x2 <= 1023) and np.all(spec.x2 - spec.x1 + 1 >= 512)
+        for o in np.unique(spec.order):
+            assert len(spec.fiber) and sum(spec.order == o) in (4, 5)
+        # the traces are KPF's own
+        rows = full.centres(1024)
+        assert all(np.min(np.abs(rows - c).max(axis=1)) < 1e-9 for c in spec.centres)
+    with pytest.raises(ValueError, match="64 to 4080"):
+        sg.kpf("GREEN_CCD", np.random.default_rng(1), 32)
+
+
+def test_comb_lights_red_throughout_and_leaves_the_bluest_green_dark():
+    from kpfmasters.sim import lamps
+    from kpfmasters.sim import spectrograph as sg
+
+    for name, dark_rows in (("GREEN_CCD", True), ("RED_CCD", False)):
+        spec = sg.kpf(name, np.random.default_rng(2))
+        light, _ = lamps.lamp_light("autocal-lfc-all-morn", spec.wave, spec.order,
+                                    np.random.default_rng(3))  # fmt: skip
+        dark = ~np.any(light > 1e-3, axis=1)
+        assert dark.any() == dark_rows, name
+        if dark_rows:  # KPF: the 12 bluest of GREEN's 35 orders
+            assert set(spec.order[dark]) == set(range(12))

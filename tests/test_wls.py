@@ -391,6 +391,80 @@ def test_legendre_fit_clips_outliers():
     assert np.max(np.abs(legendre.legval(t, coeffs) - lam)) < 1e-4
 
 
+def row_with_lines(x, err_px=0.002, seed=1, perturb=(0.3, -0.2, 0.25)):
+    """A true lambda(x) of a KPF-like row, a prior off by a smooth quadratic (pixels, as
+    the simulator's reference) and lines at columns ``x`` measured with ``err_px``."""
+    from kpfmasters.sim.spectrograph import wavelengths
+
+    rng = np.random.default_rng(seed)
+    true = wavelengths(np.array([120]), ["SCI2"], NCOL, rng)[0]
+    cols = np.arange(NCOL, dtype=float)
+    u = (cols - NCOL / 2) / (NCOL / 2)
+    shift_px = perturb[0] + perturb[1] * u + perturb[2] * u**2
+    prior = np.interp(cols + shift_px, cols, true)
+    x_obs = np.asarray(x, float) + rng.normal(0, err_px, len(x))
+    return true, prior, x_obs, np.interp(x, cols, true)
+
+
+def velocity_error(wave, true):
+    return C * (wave - true) / true
+
+
+def test_lines_on_part_of_a_row_do_not_bend_the_rest():
+    """Lines over 60% of a row: the prior carries the line-free end (a degree-5 series of
+    lambda itself, as before, was wrong there by 100-150 m/s on a full-size night)."""
+    x = np.linspace(300, 2750, 24)
+    true, prior, x_obs, lam = row_with_lines(x)
+    sol = wls.solve_row(x_obs, np.full(len(x), 0.002), lam, prior, wls.SolveSettings())
+    v = velocity_error(sol.wave, true)
+    assert sol.status == "fit" and sol.degree < 5  # lowered by the guard
+    assert np.sqrt(np.mean(v[2750:] ** 2)) < 10.0, np.sqrt(np.mean(v[2750:] ** 2))
+    assert np.sqrt(np.mean(v[300:2750] ** 2)) < 3.0
+    # the degree the guard leaves can still describe the lines: never a straight line
+    # through a curved correction
+    assert sol.degree >= 2
+
+
+def test_an_outlier_at_the_end_of_a_row_is_left_out():
+    """A bad line at the last column the lines reach: a degree-5 series bends to it (its
+    plain residual is small), its studentised one is not."""
+    x = np.linspace(80, 3930, 23)
+    true, prior, x_obs, lam = row_with_lines(x, seed=2)
+    x_obs[-1] += 0.5  # half a pixel: 435 m/s
+    settings = wls.SolveSettings(wave_error_ms=3.0)
+    sol = wls.solve_row(x_obs, np.full(len(x), 0.002), lam, prior, settings)
+    assert not sol.used[-1] and sol.used[:-1].all()
+    assert np.sqrt(np.mean(velocity_error(sol.wave, true)[80:3930] ** 2)) < 3.0
+
+
+def test_catalogue_error_joins_the_weights_and_the_sem():
+    """Lines measured to 0.1 m/s on a list good to 3 m/s: RMS_MS and SEM_MS are the list's
+    (the SEM is the fit's zero-point error, RMS / sqrt(n) for even lines and weights)."""
+    x = np.linspace(20, 4060, 80)
+    true, prior, x_obs, lam = row_with_lines(x, err_px=1e-4, seed=3)
+    rng = np.random.default_rng(4)
+    listed = lam * (1 + rng.normal(0, 3.0, len(x)) / C)
+    plain = wls.solve_row(x_obs, np.full(len(x), 1e-4), listed, prior, wls.SolveSettings())
+    settings = wls.SolveSettings(wave_error_ms=3.0)
+    sol = wls.solve_row(x_obs, np.full(len(x), 1e-4), listed, prior, settings)
+    assert 2.4 < sol.rms_ms < 3.6
+    assert sol.sem_ms == pytest.approx(sol.rms_ms / np.sqrt(sol.used.sum()), rel=0.25)
+    zero_point = np.mean(velocity_error(sol.wave, true)[20:4060])
+    assert abs(zero_point) < 3 * sol.sem_ms
+    assert plain.rms_ms == pytest.approx(sol.rms_ms, rel=0.1)  # equal weights either way
+
+
+def test_guarded_degree_keeps_full_coverage_and_adequacy():
+    t = np.linspace(-1, 1, 50)
+    y = legendre.legval(t, [0.0, 1e-3, 5e-4, 2e-4])
+    w = np.full(50, 1e4)
+    cols = np.linspace(-1, 1, 400)
+    assert wls.guarded_degree(t, y, w, cols, 5, 2.0) == 5  # lines reach both ends
+    part = t < 0.3
+    got = wls.guarded_degree(t[part], y[part], w[part], cols, 5, 2.0)
+    assert 3 <= got < 5  # lowered, but not below the cubic the lines need
+
+
 def test_qa_warns_on_prior_fallback_and_rms_jump():
     from kpfmasters.qa.wls_figures import wls_warnings
 
