@@ -198,6 +198,15 @@ def qa_previews(wildcards):
     return [f"{WORK}/qa/{wildcards.date}/{kind}" for kind in qa_kinds(wildcards.date)]
 
 
+def night_wls_qa(wildcards):
+    """The QA folders of the night's wavelength solutions (their warnings join the night's
+    QA document)."""
+    return [
+        f"{WORK}/qa/{wildcards.date}/WLS/{tag}"
+        for tag, _, _ in PLANS.wls_sources(wildcards.date)
+    ]
+
+
 def qa_targets():
     """The QA document of every night that makes a master (part of the default target)."""
     return [

@@ -40,10 +40,12 @@ rule master_qa:
 
 
 rule night_qa:
-    """The night's QA document (statistics, provenance, warnings) and statistics page."""
+    """The night's QA document (statistics, provenance, warnings, the wavelength solutions'
+    summaries) and statistics page."""
     input:
         masters=night_masters,
         previews=qa_previews,
+        wls=night_wls_qa,
     output:
         json=report(
             f"{MASTERS}/{{date}}/kpf_{{date}}_masters_qa.json",

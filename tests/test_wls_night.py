@@ -77,6 +77,13 @@ def test_products_exist_and_rerun_is_empty(night):
     assert any("kept the prior" in w for w in record["warnings"])
     log = (night.work_root / "logs" / DATE / f"qa_wls_{LFC}.log").read_text()
     assert "WARNING" in log and "kept the prior" in log
+    # ... and the night's QA document holds both summaries, their warnings among its own
+    doc = json.loads(product(night, f"kpf_{DATE}_masters_qa.json").read_text())
+    files = sorted(w["file"] for w in doc["wavelength_solutions"])
+    assert files == sorted(f"kpf_{DATE}_master_WLS_{t}_L1.fits" for t in (THAR, LFC))
+    assert any(w.startswith(f"kpf_{DATE}_master_WLS_{LFC}") for w in doc["warnings"])
+    page = (night.work_root / "qa" / DATE / "statistics.html").read_text()
+    assert "kept the prior" in page
 
 
 @pytest.mark.parametrize("tag, kind", [(THAR, "thar"), (LFC, "lfc")])

@@ -343,6 +343,7 @@ def night_report(
     settings: dict | None = None,
     previews: dict[str, dict] | None = None,
     rejects: list[dict] | None = None,
+    wavelength: list[dict] | None = None,
 ) -> dict:
     """The night's QA document (written as ``kpf_<date>_masters_qa.json``).
 
@@ -363,14 +364,17 @@ def night_report(
     rejects : list of dict, optional
         The frames L0 -> 2D refused (:func:`kpfmasters.plan.rejects.night_rejections`:
         ``name``, ``problem``, ``version``, ``current``).
+    wavelength : list of dict, optional
+        The summaries of the night's wavelength solutions (each ``WLS-summary.json``
+        written by rule wls_qa); their warnings join the night's.
 
     Returns
     -------
     dict
         JSON-safe: ``date``, ``created`` (UTC, ISO 8601), ``software_version``, ``qa``,
         ``flag_fraction``, ``masters`` (one record each, :func:`assessed_record`, with its
-        ``previews``), the night's ``rejects``, all ``warnings`` and all ``notes`` (flags
-        that are information).
+        ``previews``), the night's ``rejects``, ``wavelength_solutions``, all
+        ``warnings`` and all ``notes`` (flags that are information).
     """
     records = []
     all_warnings = []
@@ -384,6 +388,9 @@ def night_report(
         all_warnings += record["warnings"]
         all_notes += record.get("notes", [])
         records.append(record)
+    solutions = [dict(w) for w in wavelength or []]
+    for solution in solutions:
+        all_warnings += list(solution.get("warnings", []))
     return _clean(
         {
             "date": date,
@@ -393,6 +400,7 @@ def night_report(
             "flag_fraction": flag_fraction,
             "masters": records,
             "rejects": list(rejects or []),
+            "wavelength_solutions": solutions,
             "warnings": all_warnings,
             "notes": all_notes,
         }
