@@ -36,6 +36,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--wall", type=float, required=True, help="total wall time (s)")
+    parser.add_argument(
+        "--wall-steps12", type=float, help="wall time (s) of steps 1-2 (2D masters, traces, L1)"
+    )
     parser.add_argument("--append", type=Path, help="append the table to this Markdown file")
     args = parser.parse_args()
     rows = read_benchmarks(args.folder)
@@ -62,7 +65,12 @@ def main() -> int:
         f"{os.cpu_count()} cores, kpf-masters {commit or '?'}, load average at the end {load})",
         "",
         f"Total wall time: **{args.wall:.0f} s** for {len(rows)} jobs; "
-        f"largest job peak RSS: **{max(r['max_rss'] for r in rows) / 1024:.2f} GiB**.",
+        f"largest job peak RSS: **{max(r['max_rss'] for r in rows) / 1024:.2f} GiB**."
+        + (
+            f" Steps 1-2 alone (2D masters, traces, every L1): **{args.wall_steps12:.0f} s**."
+            if args.wall_steps12
+            else ""
+        ),
         "",
         "| rule | jobs | time per job (s, median) | time (s, sum) | peak RSS (MiB, max) |",
         "|---|---|---|---|---|",

@@ -19,6 +19,7 @@ import datetime as dt
 import hashlib
 import logging
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -300,6 +301,36 @@ def build_l1(job: L1Job) -> dict:
     traces = {}
     for ccd, path in job.traces.items():
         traces[ccd.split("_")[0]] = read_traces(path)
+    # The inputs' MD5 (the 2D master is hundreds of MB at full size) are computed in a
+    # thread while the master is read and extracted: hashlib releases the GIL.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        digests = {p: pool.submit(md5_file, p) for p in [master, *job.traces.values()]}
+        if job.wls:
+            digests[job.wls] = pool.submit(md5_file, job.wls)
+        spectra, summary, primary = _extract_master(job, master, traces)
+        md5 = {p: d.result() for p, d in digests.items()}
+    if not job.wls:
+        log.warning("no reference wavelength solution configured (wls.reference): WAVE is NaN")
+    inputs = [("master2d", master.name, md5[master])]
+    for ccd, path in job.traces.items():
+        inputs.append((f"trace_{ccd}", Path(path).name, md5[path]))
+    if job.wls:
+        inputs.append(("wls", Path(job.wls).name, md5[job.wls]))
+    keywords = {
+        "TRACFGRN": (Path(job.traces.get("GREEN_CCD", "")).name, "GREEN trace file used"),
+        "TRACFRED": (Path(job.traces.get("RED_CCD", "")).name, "RED trace file used"),
+        "EXTMETH": (job.method, "extraction method"),
+        "WLSFILE": (Path(job.wls).name if job.wls else "", "reference wavelength solution"),
+        "SOFTVER": (__version__, "kpfmasters version"),
+        "CFGHASH": (job.cfghash, "hash of the effective configuration"),
+    }
+    hdul = l1_hdulist(primary, spectra, traces, inputs, keywords)
+    write_fits(hdul, job.output)
+    return summary
+
+
+def _extract_master(job: L1Job, master: Path, traces: dict) -> tuple[dict, dict, fits.Header]:
+    """Spectra (CHIP -> ChipSpectra), the summary and the PRIMARY header of ``master``."""
     spectra: dict[str, ChipSpectra] = {}
     summary = {"orders": {}, "nan_fraction": {}}
     with _open_master(master) as hdul:
@@ -331,21 +362,4 @@ def build_l1(job: L1Job) -> dict:
             summary["nan_fraction"][chip] = float(
                 np.mean([np.isnan(v).mean() for v in spectra[chip].flux.values()])
             )
-    if not job.wls:
-        log.warning("no reference wavelength solution configured (wls.reference): WAVE is NaN")
-    inputs = [("master2d", master.name, md5_file(master))]
-    for ccd, path in job.traces.items():
-        inputs.append((f"trace_{ccd}", Path(path).name, md5_file(path)))
-    if job.wls:
-        inputs.append(("wls", Path(job.wls).name, md5_file(job.wls)))
-    keywords = {
-        "TRACFGRN": (Path(job.traces.get("GREEN_CCD", "")).name, "GREEN trace file used"),
-        "TRACFRED": (Path(job.traces.get("RED_CCD", "")).name, "RED trace file used"),
-        "EXTMETH": (job.method, "extraction method"),
-        "WLSFILE": (Path(job.wls).name if job.wls else "", "reference wavelength solution"),
-        "SOFTVER": (__version__, "kpfmasters version"),
-        "CFGHASH": (job.cfghash, "hash of the effective configuration"),
-    }
-    hdul = l1_hdulist(primary, spectra, traces, inputs, keywords)
-    write_fits(hdul, job.output)
-    return summary
+    return spectra, summary, primary
