@@ -25,10 +25,10 @@ fi
 printf 'wls:\n  reference: %s\n' "$work/sim/wls_reference.fits" > "$work/night.config.yaml"
 rm -rf "$work/work" "$work/masters" "$work/.snakemake"
 run() {
-    "$py" -m snakemake -s "$repo/Snakefile" -d "$work" --cores 2 --quiet rules \
+    "$py" -m snakemake -s "$repo/Snakefile" -d "$work" "$@" --cores 2 --quiet rules \
         --configfile "$work/night.config.yaml" \
         --config date=$date l0_root="$work/sim/L0" work_root="$work/work" \
-        masters_root="$work/masters" order_mask="$work/sim/order_mask.fits" "$@"
+        masters_root="$work/masters" order_mask="$work/sim/order_mask.fits"
 }
 # Steps 1 and 2 first (the 2D masters, the traces and every master's L1), then the rest
 # (wavelength solutions, L2, QA): both walls are reported.
