@@ -49,6 +49,7 @@ PLANS = ws.Plans(
     main_process=workflow.is_main_process,
     log=logger,
     db_lookup=ws.database_lookup if CFG["database"]["enabled"] else None,
+    trace_lookup=ws.database_traces if CFG["database"]["enabled"] else None,
 )
 
 

@@ -615,6 +615,117 @@ def test_nearest_says_so_when_nothing_is_registered(conn):
     )
 
 
+def test_nearest_earlier_only_leaves_the_night_and_later_nights_out(conn, tmp_path):
+    for date in ("20230601", "20230606", "20230607"):
+        write_master(tmp_path, date, "bias")
+        register_night(conn, tmp_path, date)
+    later = tmp_path / "20230607" / "kpf_20230607_master_bias.fits"
+    earlier = tmp_path / "20230601" / "kpf_20230601_master_bias.fits"
+    assert nearest_master(conn, "20230606", "bias", other_nights=True) == later
+    assert nearest_master(conn, "20230606", "bias", earlier_only=True) == earlier
+    with pytest.raises(NoPredecessorError, match="for 20230601: none is registered$"):
+        nearest_master(conn, "20230601", "bias", earlier_only=True)
+
+
+# -- order traces of a night without a flat -----------------------------------------------------
+
+
+def register_traces(conn, root: Path, date: str, ccds=("GREEN_CCD", "RED_CCD")) -> list[Path]:
+    """Register a night's master flat and the trace files of ``ccds`` (one SCI2 trace each,
+    written by the product's own writer) under ``root``; return the trace files."""
+    from kpfmasters.science.traces import TraceSet, write_traces
+
+    write_master(root, date, "flat")
+    ts = TraceSet([[2.5, 0.0, 0.0, 0.0]], [1.0], [1.0], [0], [7], ["SCI2"], [0])
+    csvs = [write_traces(ts, root / date / f"kpf_{date}_master_flat_{ccd}.csv") for ccd in ccds]
+    register_night(conn, root, date)
+    return csvs
+
+
+def by_ccd(csvs: list[Path]) -> dict[str, str]:
+    """The GREEN and RED trace files as :meth:`Plans.trace_files` gives them."""
+    return {"GREEN_CCD": str(csvs[0]), "RED_CCD": str(csvs[1])}
+
+
+def trace_plans(tmp_path: Path, nights: list[str], max_age: int = 30):
+    """Plans of ``nights`` (no L0 files: no night makes a flat) with the database's
+    look-ups, masters_root empty (nothing on disk to find)."""
+    from kpfmasters.core.config import load_config
+    from kpfmasters.plan.plans import Plans, database_lookup, database_traces
+
+    cfg = load_config(
+        overrides={
+            "dates": ",".join(nights),
+            "l0_root": str(tmp_path / "L0"),
+            "work_root": str(tmp_path / "work"),
+            "masters_root": str(tmp_path / "masters"),
+            "order_mask": str(tmp_path / "mask.fits"),
+            "predecessors": {"max_age_days": max_age},
+            "database": {"enabled": True},
+        }
+    )
+    return Plans(cfg, db_lookup=database_lookup, trace_lookup=database_traces)
+
+
+def test_a_night_without_a_flat_takes_the_nearest_earlier_registered_traces(conn, tmp_path):
+    archive = tmp_path / "archive"  # registered masters, not under this run's masters_root
+    good = register_traces(conn, archive, "20230601")
+    changed = register_traces(conn, archive, "20230603")
+    registered = md5(changed[1])
+    changed[1].write_text(changed[1].read_text() + "\n")  # RED changed after registration
+    register_traces(conn, archive, "20230604", ccds=("GREEN_CCD",))  # no RED trace
+    register_traces(conn, archive, "20230605")
+    register_traces(conn, archive, "20230606")  # the night's own (frames since reclassified)
+    register_traces(conn, archive, "20230607")  # later, nearer: never used
+    with conn.cursor() as cur:
+        cur.execute(
+            "UPDATE calfiles SET status = 0 WHERE startdate = '2023-06-05' AND object = %s",
+            ("green_ccd",),
+        )
+    conn.commit()
+
+    plans = trace_plans(tmp_path, ["20230606"])
+    assert plans.trace_files("20230606") == by_ccd(good)
+    plans.trace_lookup = None  # on disk only: nothing under masters_root
+    with pytest.raises(NoPredecessorError, match="none exists .earlier nights only.$"):
+        plans.trace_files("20230606")
+
+    with pytest.raises(NoPredecessorError) as info:
+        trace_plans(tmp_path, ["20230606"], max_age=4).trace_files("20230606")
+    md5s = f"MD5 {md5(changed[1])}, registered {registered}"
+    assert str(info.value) == (
+        "night 20230606 has no master order trace of its own and none exists (earlier nights "
+        "of this run only); in the database: no usable ordertrace 'green_ccd' and 'red_ccd' "
+        "of one night (level 0) before 20230606: "
+        "20230605 ordertrace: 'green_ccd': status 0 (not good); "
+        "20230604 ordertrace: 'red_ccd': none is registered; "
+        f"20230603 ordertrace: 'red_ccd': file {changed[1]} has {md5s}; "
+        "20230601 ordertrace: 'green_ccd': 5 days > max age 4; 'red_ccd': 5 days > max age 4"
+    )
+
+
+def test_this_runs_earlier_flat_night_and_the_registered_traces_the_nearer_wins(
+    conn, tmp_path, monkeypatch
+):
+    from kpfmasters.plan.plans import Plans
+
+    archive = tmp_path / "archive"
+    first = register_traces(conn, archive, "20230601")
+    fifth = register_traces(conn, archive, "20230605")
+    plans = trace_plans(tmp_path, ["20230603", "20230604", "20230606"])
+    monkeypatch.setattr(Plans, "makes_flat", lambda self, night: night == "20230603")
+    pending = plans.own_traces("20230603")  # this run makes it; not registered yet
+    assert plans.trace_files("20230604") == pending  # 1 day, the database's 3 days away
+    assert plans.trace_files("20230606") == by_ccd(fifth)
+    assert plans.trace_files("20230603") == pending  # its own
+
+    # the same night in both: this run's, as it makes it
+    plans = trace_plans(tmp_path, ["20230601", "20230602"])
+    monkeypatch.setattr(Plans, "makes_flat", lambda self, night: night == "20230601")
+    assert plans.trace_files("20230602") == plans.own_traces("20230601")
+    assert plans.own_traces("20230601") != by_ccd(first)
+
+
 # -- roles --------------------------------------------------------------------------------------
 
 

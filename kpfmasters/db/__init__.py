@@ -4,11 +4,19 @@
 - :func:`init_schema`: apply ``schema.sql`` and the read-only and pipeline roles (admin).
 - :func:`register_night`: the night's level-0 rows become exactly its masters on disk.
 - :func:`nearest_master`: the nearest usable master in time, MD5-verified.
+- :func:`nearest_traces`: the order traces of both CCDs of the nearest earlier night.
 """
 
 from kpfmasters.db.connect import connect, describe, resolve_settings
 from kpfmasters.db.errors import ConnectError, DatabaseError, NightError, SchemaError
-from kpfmasters.db.nearest import Nearest, find_nearest, nearest_master
+from kpfmasters.db.nearest import (
+    Nearest,
+    NearestNight,
+    find_nearest,
+    find_nearest_night,
+    nearest_master,
+    nearest_traces,
+)
 from kpfmasters.db.register import Registration, register_night, register_night_report
 from kpfmasters.db.report import format_row, row_to_json
 from kpfmasters.db.schema import SCHEMA_VERSION, check_schema, init_schema
@@ -18,6 +26,7 @@ __all__ = [
     "ConnectError",
     "DatabaseError",
     "Nearest",
+    "NearestNight",
     "NightError",
     "Registration",
     "SchemaError",
@@ -25,9 +34,11 @@ __all__ = [
     "connect",
     "describe",
     "find_nearest",
+    "find_nearest_night",
     "format_row",
     "init_schema",
     "nearest_master",
+    "nearest_traces",
     "register_night",
     "register_night_report",
     "resolve_settings",

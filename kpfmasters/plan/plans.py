@@ -73,6 +73,11 @@ class Plans:
     ``cfg`` is a normalised configuration (:func:`kpfmasters.core.config.normalize_config`);
     ``log`` has ``info``/``warning``/``error`` (Snakemake's logger in the workflow).
     Selection lines are logged once per night, in the main process only.
+
+    With the calibration database, ``db_lookup(date, mtype, max_age_days, min_frames)``
+    gives a 2D predecessor master (:func:`database_lookup`) and
+    ``trace_lookup(date, max_age_days, min_frames)`` an earlier night's order traces
+    (:func:`database_traces`) in place of the masters on disk.
     """
 
     def __init__(
@@ -82,12 +87,15 @@ class Plans:
         log=None,
         db_lookup=None,
         readonly: bool = False,
+        trace_lookup=None,
     ):
         self.cfg = cfg
         self.main_process = main_process
         self.readonly = readonly  # only show: write nothing (no index, no verdict cache)
         self.log = log
         self.db_lookup = db_lookup
+        self.trace_lookup = trace_lookup
+        self._registered_traces: dict[str, tuple[str, dict[str, Path]] | str] = {}
         self._plans: dict[str, NightPlan] = {}
         self._reported: set[str] = set()
         self._unusable: dict[Path, str] = {}
@@ -470,28 +478,75 @@ class Plans:
 
     def trace_files(self, date: str) -> dict[str, str]:
         """CCD -> the trace file ``date``'s L1 products use: the night's own when it makes a
-        flat, else the nearest earlier night's (on disk or made by this run) within
-        ``predecessors.max_age_days``. Raises :class:`NoPredecessorError` when none."""
+        flat, else the nearest earlier night's within ``predecessors.max_age_days``: one made
+        by this run, or one on disk (with the database, a registered one instead:
+        :meth:`_traces_registered`). Raises :class:`NoPredecessorError` when none."""
         if self.makes_flat(date):
             return self.own_traces(date)
         max_age = self.cfg["predecessors"]["max_age_days"]
-        root = Path(self.cfg["masters_root"])
-        candidates = {}
-        if root.is_dir():
-            for night in root.iterdir():
-                if night.name.isdigit() and len(night.name) == 8 and night.name < date:
-                    paths = [night / trace_name(night.name, ccd) for ccd in TRACE_CCDS]
-                    if all(p.is_file() for p in paths):
-                        candidates[night.name] = Candidate(night.name, paths[0])
-        for night in self.cfg["nights"]:
-            if night < date and night not in candidates and self.makes_flat(night):
-                path = Path(self.own_traces(night)[TRACE_CCDS[0]])
-                candidates[night] = Candidate(night, path, pending=True)
+        if self.trace_lookup is not None:
+            return self._traces_registered(date, max_age)
+        candidates = {**self._traces_pending(date), **self._traces_on_disk(date)}
         try:
             found = nearest(date, "order trace", list(candidates.values()), max_age)
         except NoPredecessorError as exc:
             raise NoPredecessorError(f"{exc} (earlier nights only)") from None
         return self.own_traces(found.date)
+
+    def _traces_pending(self, date: str) -> dict[str, Candidate]:
+        """Night -> its GREEN trace file, for this run's nights before ``date`` that make a
+        flat (not made yet, so never checked)."""
+        return {
+            night: Candidate(night, Path(self.own_traces(night)[TRACE_CCDS[0]]), pending=True)
+            for night in self.cfg["nights"]
+            if night < date and self.makes_flat(night)
+        }
+
+    def _traces_on_disk(self, date: str) -> dict[str, Candidate]:
+        """Night -> its GREEN trace file, for the nights before ``date`` under masters_root
+        with the trace files of both CCDs."""
+        root = Path(self.cfg["masters_root"])
+        found = {}
+        if root.is_dir():
+            for night in root.iterdir():
+                if night.name.isdigit() and len(night.name) == 8 and night.name < date:
+                    paths = [night / trace_name(night.name, ccd) for ccd in TRACE_CCDS]
+                    if all(p.is_file() for p in paths):
+                        found[night.name] = Candidate(night.name, paths[0])
+        return found
+
+    def _traces_registered(self, date: str, max_age: int | None) -> dict[str, str]:
+        """CCD -> trace file for ``date`` with the database: the nearer of the registered
+        traces (``trace_lookup``: both CCDs of one earlier night, each file with its
+        registered MD5) and this run's earlier nights that make a flat (one of these wins a
+        tie: it is the night's traces as this run makes them)."""
+        found = self._lookup_traces(date, max_age)
+        candidates = self._traces_pending(date)
+        if not isinstance(found, str):
+            night, paths = found
+            candidates.setdefault(night, Candidate(night, paths[TRACE_CCDS[0]]))
+        try:
+            best = nearest(date, "order trace", list(candidates.values()), max_age)
+        except NoPredecessorError as exc:
+            raise NoPredecessorError(
+                f"{exc} (earlier nights of this run only); in the database: {found}"
+            ) from None
+        if best.pending:
+            return self.own_traces(best.date)
+        return {ccd: str(path) for ccd, path in found[1].items()}
+
+    def _lookup_traces(self, date: str, max_age: int | None) -> tuple[str, dict[str, Path]] | str:
+        """``trace_lookup``'s answer for ``date``: (night, CCD -> path), or why there is none.
+
+        Asked once per night and kept: the L1 rules' inputs and targets ask for a night's
+        traces many times while the DAG is built."""
+        if date not in self._registered_traces:
+            try:
+                answer = self.trace_lookup(date, max_age, self.cfg["min_frames"])
+            except NoPredecessorError as exc:
+                answer = str(exc)
+            self._registered_traces[date] = answer
+        return self._registered_traces[date]
 
     def trace_params(self) -> dict:
         return canonical(self.cfg["traces"])
@@ -802,6 +857,35 @@ def database_lookup(
         )
     finally:
         conn.close()
+
+
+def database_traces(
+    date: str, max_age_days: int | None, min_frames: int | None = None
+) -> tuple[str, dict[str, Path]]:
+    """The registered order traces of the nearest earlier night for ``date`` from the
+    calibration database (:func:`kpfmasters.db.nearest.nearest_traces`): both CCDs' files of
+    one night, at most ``max_age_days`` days before, traced on a flat of at least
+    ``min_frames`` frames (the rule a predecessor flat follows).
+
+    Returns
+    -------
+    tuple of (str, dict)
+        The night (``YYYYMMDD``) and CCD (``GREEN_CCD``, ``RED_CCD``) -> registered file.
+    """
+    from kpfmasters.db import connect, nearest_traces
+    from kpfmasters.db.nearest import DEFAULT_MIN_NFRAMES
+
+    conn = connect()
+    try:
+        found = nearest_traces(
+            conn,
+            date,
+            max_age_days=max_age_days,
+            min_nframes=DEFAULT_MIN_NFRAMES if min_frames is None else min_frames,
+        )
+    finally:
+        conn.close()
+    return f"{found.night:%Y%m%d}", {ccd: found.paths[ccd.lower()] for ccd in TRACE_CCDS}
 
 
 def rejects_dir_for(two_d_path: str, date: str) -> str:
