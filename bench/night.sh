@@ -21,8 +21,10 @@ if [ ! -f "$work/sim/truth/$date/frames.json" ]; then
         --date $date --out "$work/sim" --size full --seed 1 \
         --counts bias=20,dark=5,flat=30,arclamp:autocal-thar-all-morn=8,arclamp:autocal-lfc-all-morn=8
 fi
-# the simulator's reference wavelength solution is the night's prior (wls.reference)
-printf 'wls:\n  reference: %s\n' "$work/sim/wls_reference.fits" > "$work/night.config.yaml"
+# the simulator's reference wavelength solution is the night's prior (wls.reference), and
+# its ThAr catalogue (the lamp's lines with 3 m/s errors and spurious entries) the line list
+printf 'wls:\n  reference: %s\n  thar_linelist: %s\n' "$work/sim/wls_reference.fits" \
+    "$work/sim/thar_linelist.txt" > "$work/night.config.yaml"
 rm -rf "$work/work" "$work/masters" "$work/.snakemake"
 run() {
     "$py" -m snakemake -s "$repo/Snakefile" -d "$work" "$@" --cores 2 --quiet rules \
