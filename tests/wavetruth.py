@@ -127,37 +127,6 @@ def l1_hdul(chips, kind, wave_offset_ms=0.0, wave=None):
 # ------------------------------------------------------------------- a night's WLS against truth
 
 
-def _centre_limit(flux, sigma, x, background, read_noise, half, relative):
-    """Cramer-Rao bound of line centres (pixels) for a pixel-integrated Gaussian plus a
-    linear background (5 free parameters) with the variance
-    ``model + read_noise^2 + (relative * model)^2`` per pixel (the last term: the flat's
-    photon noise, which multiplies the flat-divided arc).
-
-    flux, sigma, x, relative: shape (n,); background, read_noise: electrons per pixel."""
-    from kpfmasters.sim.lamps import _pixel_gaussian
-
-    cols = np.rint(x)[:, None] + np.arange(-half, half + 1)[None, :]
-    dx = cols - np.rint(x)[:, None]
-    p = np.stack([flux, x, sigma, np.full_like(x, background), np.zeros_like(x)], axis=1)
-
-    def model(q):
-        return _pixel_gaussian(cols, q[:, 0:1], q[:, 1:2], q[:, 2:3]) + q[:, 3:4] + q[:, 4:5] * dx
-
-    one = np.ones_like(x)
-    steps = np.stack([flux * 1e-4, one * 1e-4, sigma * 1e-4, one * 1e-3, one * 1e-4], axis=1)
-    jac = np.empty(cols.shape + (5,))
-    for k in range(5):
-        up, dn = p.copy(), p.copy()
-        up[:, k] += steps[:, k]
-        dn[:, k] -= steps[:, k]
-        jac[..., k] = (model(up) - model(dn)) / (2 * steps[:, k : k + 1])
-    m = model(p)
-    var = m + read_noise**2 + (relative[:, None] * m) ** 2
-    fisher = np.einsum("nwi,nwj->nij", jac / var[..., None], jac)
-    with np.errstate(invalid="ignore"):  # a line too faint to constrain: NaN, left out
-        return np.sqrt(np.linalg.inv(fisher)[:, 1, 1])
-
-
 def _solution_limit(x, err_lambda, cols, ncol, degree, wave_row):
     """rms over ``cols`` (m/s) of a weighted Legendre fit of ``degree`` to lines at ``x``
     with wavelength errors ``err_lambda`` (Angstrom): sqrt(mean (c sigma_fit / lambda)^2)."""
@@ -190,6 +159,7 @@ def night_wls_errors(sim, masters_dir, date, tag, catalogue_error_ms=0.0):
     from kpfmasters.science.l1 import ext_name
     from kpfmasters.science.linefit import LineFitSettings, fit_lines
     from kpfmasters.science.traces import evaluate
+    from kpfmasters.sim import lamps
 
     half = 5
     arc = fits.getheader(masters_dir / f"kpf_{date}_master_arclamp_{tag}.fits")
@@ -240,9 +210,9 @@ def night_wls_errors(sim, masters_dir, date, tag, catalogue_error_ms=0.0):
             background = max(float(np.nanpercentile(flux1, 5)), 0.0) * electrons
             npix = float(t["BottomEdge"] + t["TopEdge"])
             read = float(np.mean(truth.read_noise)) * np.sqrt(npix * arc["NFRAMES"])
-            err_x = _centre_limit(
+            err_x = lamps.centre_error_limit(
                 true.amp * electrons, true.sigma, x, background, read, half,
-                np.sqrt(np.interp(x, np.arange(ncol), rel2)),
+                relative=np.sqrt(np.interp(x, np.arange(ncol), rel2)),
             )  # fmt: skip
             lam = np.interp(x, np.arange(ncol), true_row)
             err_lam = np.hypot(err_x * wls.dispersion(true_row, x), catalogue_error_ms * lam / C_MS)

@@ -314,6 +314,7 @@ def centre_error_limit(
     background: float,
     read_noise: float,
     half: int,
+    relative: np.ndarray | None = None,
 ) -> np.ndarray:
     """Cramer-Rao bound of a line centre (pixels) for the photon and read noise.
 
@@ -331,6 +332,9 @@ def centre_error_limit(
         Read noise per pixel (electrons).
     half : int
         Window half width (pixels).
+    relative : ndarray, shape (n,), optional
+        A noise proportional to the signal (relative rms per pixel): the photon noise of a
+        flat the spectrum was divided by. Its variance (relative * model)^2 joins.
 
     Returns
     -------
@@ -352,9 +356,13 @@ def centre_error_limit(
         up[:, k] += steps[:, k]
         dn[:, k] -= steps[:, k]
         jac[..., k] = (model(up) - model(dn)) / (2 * steps[:, k : k + 1])
-    var = model(p) + read_noise**2
+    m = model(p)
+    var = m + read_noise**2
+    if relative is not None:
+        var = var + (np.asarray(relative, dtype=float)[:, None] * m) ** 2
     fisher = np.einsum("nwi,nwj->nij", jac / var[..., None], jac)
-    return np.sqrt(np.linalg.inv(fisher)[:, 1, 1])
+    with np.errstate(invalid="ignore"):  # a line too faint to constrain: NaN
+        return np.sqrt(np.linalg.inv(fisher)[:, 1, 1])
 
 
 def solution_error_limit(
