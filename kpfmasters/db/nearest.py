@@ -304,32 +304,11 @@ def _explain(night: dt.date, caltype: str, obj: str | None, level: int, skipped:
     return _listed(f"no usable {what} (level {level}) for {night:%Y%m%d}", skipped)
 
 
-def nearest_master(
-    conn,
-    date: str,
-    caltype: str,
-    object: str | None = None,
-    max_age_days: int | None = None,
-    required_bits: int = DEFAULT_REQUIRED_BITS,
-    min_nframes: int = DEFAULT_MIN_NFRAMES,
-    level: int = LEVEL_2D,
-    other_nights: bool = False,
-    earlier_only: bool = False,
-) -> Path:
-    """Path of the nearest usable master (see the module docstring).
+def nearest_master(conn, date: str, caltype: str, object: str | None = None, **options) -> Path:
+    """Path of the nearest usable master (see the module docstring); ``options`` are those
+    of :func:`find_nearest` (``max_age_days``, ``required_bits``, ``min_nframes``,
+    ``level``, ``other_nights``, ``earlier_only``).
 
     Raises :class:`~kpfmasters.core.errors.NoPredecessorError` explaining every rule-out.
     """
-    found = find_nearest(
-        conn,
-        date,
-        caltype,
-        object,
-        max_age_days,
-        required_bits,
-        min_nframes,
-        level,
-        other_nights,
-        earlier_only,
-    )
-    return found.path
+    return find_nearest(conn, date, caltype, object, **options).path
