@@ -543,8 +543,8 @@ class Plans:
         if date not in self._registered_traces:
             try:
                 answer = self.trace_lookup(date, max_age, self.cfg["min_frames"])
-            except NoPredecessorError as exc:
-                answer = str(exc)
+            except KPFMastersError as exc:  # none qualifies, or the database is unreachable:
+                answer = str(exc)  # the night's L1 are not made (logged), its masters are
             self._registered_traces[date] = answer
         return self._registered_traces[date]
 
