@@ -7,8 +7,8 @@ KPF), in electrons per extracted pixel:
 - ThAr: lines at the wavelengths of a line list (KPF's density at full size: about 1.2 lines
   per Angstrom below 6000 A, 0.4 above); where a trace would get fewer than
   ``min_lines_per_trace`` lines (small simulated CCDs, whose orders span a few
-  Angstrom) extra lines uniform in ln(lambda) are added. Strengths are log-uniform over
-  three decades; a fraction of lines get a companion closer than a pixel (a blend, both in
+  Angstrom) extra lines, evenly spread in ln(lambda), are added. Strengths are log-uniform
+  over three decades; a fraction of lines get a companion closer than a pixel (a blend, both in
   the catalogue). The catalogue handed to the pipeline carries wavelength errors (Gaussian,
   ``catalogue_error_ms``) and a few spurious entries absent from the lamp.
 - LFC: every mode f0 + n * f_rep inside each trace, with a smooth envelope that is dark
@@ -125,10 +125,11 @@ def thar_lines(
         True lambda(x) of every trace (Angstrom).
     rng : numpy.random.Generator
     min_lines_per_trace : int
-        Where a trace would hold fewer lines of the list, extra lines (uniform in
-        ln lambda) are added until it holds this many. KPF's list gives 25 (order 71) to
-        100 (order 137) lines per full-size trace, so full-size traces keep the list's
-        density; small simulated CCDs (orders a few Angstrom long) get raised density.
+        Where a trace would hold fewer lines of the list, extra lines (evenly spread in
+        ln lambda, jittered by a quarter spacing) are added until it holds this many.
+        KPF's list gives 25 (order 71) to 100 (order 137) lines per full-size trace, so
+        full-size traces keep the list's density; small simulated CCDs (orders a few
+        Angstrom long) get raised density.
     catalogue_error_ms : float
         rms error (m/s) of the catalogue wavelengths against the lamp's.
     spurious_fraction : float
@@ -153,7 +154,12 @@ def thar_lines(
         have = int(np.sum((waves >= rlo) & (waves <= rhi)))
         need = min_lines_per_trace - have
         if need > 0:
-            extra = np.exp(rng.uniform(np.log(rlo), np.log(rhi), need))
+            # evenly spread in ln lambda with a jitter of a quarter spacing: no extra line
+            # lands within half a spacing of another (on a small CCD the list's own lines
+            # are few, and random ones would make blends the pipeline must leave out)
+            step = (np.log(rhi) - np.log(rlo)) / need
+            grid = np.log(rlo) + step * (np.arange(need) + 0.5)
+            extra = np.exp(grid + rng.uniform(-0.25, 0.25, need) * step)
             waves = np.concatenate([waves, extra])
     waves = np.sort(waves)
     nblend = int(round(blend_fraction * len(waves)))
