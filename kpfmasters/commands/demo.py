@@ -3,7 +3,8 @@
 Everything goes under one directory (default ``demo/``): the simulated L0 files and order
 mask (``sim/``), the 2D files and logs (``work/``), the masters (``masters/``) and, while
 the demo runs, a throw-away PostgreSQL server. The simulator's reference wavelength solution
-(``sim/wls_reference.fits``) is configured as ``wls.reference``.
+(``sim/wls_reference.fits``) is configured as ``wls.reference`` and its ThAr catalogue
+(``sim/thar_linelist.txt``) as ``wls.thar_linelist``.
 """
 
 from __future__ import annotations
@@ -81,8 +82,14 @@ def run(args) -> int:
         "masters_root": str(base / "masters"),
         "order_mask": str(sim / "order_mask.fits"),
     }
-    # the simulator's reference wavelength solution becomes every L1's WAVE
-    wls = {"wls": {"reference": str(sim / "wls_reference.fits")}}
+    # the simulator's reference wavelength solution becomes every L1's WAVE, and its ThAr
+    # catalogue (the lamp's lines, those added on a small CCD too) the line list
+    wls = {
+        "wls": {
+            "reference": str(sim / "wls_reference.fits"),
+            "thar_linelist": str(sim / "thar_linelist.txt"),
+        }
+    }
     cfg = config_from_args(args, {"date": args.date, **paths, **wls})
     t0 = time.monotonic()
     if not (sim / "L0" / args.date).is_dir():
