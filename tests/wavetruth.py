@@ -127,18 +127,6 @@ def l1_hdul(chips, kind, wave_offset_ms=0.0, wave=None):
 # ------------------------------------------------------------------- a night's WLS against truth
 
 
-def _solution_limit(x, err_lambda, cols, ncol, degree, wave_row):
-    """rms over ``cols`` (m/s) of a weighted Legendre fit of ``degree`` to lines at ``x``
-    with wavelength errors ``err_lambda`` (Angstrom): sqrt(mean (c sigma_fit / lambda)^2)."""
-    from numpy.polynomial import legendre
-
-    a = legendre.legvander(2.0 * x / (ncol - 1) - 1.0, degree)
-    cov = np.linalg.inv((a / err_lambda[:, None] ** 2).T @ a)
-    ac = legendre.legvander(2.0 * cols / (ncol - 1) - 1.0, degree)
-    var = np.einsum("ci,ij,cj->c", ac, cov, ac)
-    return float(np.sqrt(np.mean(var * (C_MS / wave_row[cols]) ** 2)))
-
-
 def night_wls_errors(sim, masters_dir, date, tag, catalogue_error_ms=0.0):
     """Each fitted row of a night's WLS file against the simulator's truth.
 
@@ -217,7 +205,9 @@ def night_wls_errors(sim, masters_dir, date, tag, catalogue_error_ms=0.0):
             lam = np.interp(x, np.arange(ncol), true_row)
             err_lam = np.hypot(err_x * wls.dispersion(true_row, x), catalogue_error_ms * lam / C_MS)
             ok = np.isfinite(err_lam)
-            limit = _solution_limit(x[ok], err_lam[ok], cols, ncol, int(row["DEGREE"]), true_row)
+            limit = lamps.solution_error_limit(
+                x[ok], err_lam[ok], ncol, int(row["DEGREE"]), true_row, columns=cols
+            )
             out.append(
                 {
                     "row": f"{chip} {orderlet} order {o}",

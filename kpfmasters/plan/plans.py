@@ -278,6 +278,11 @@ class Plans:
         return config_hash(__version__, effective)
 
     # -- stamps ----------------------------------------------------------------------------
+    @property
+    def _writes_stamps(self) -> bool:
+        """Stamps are written by the main process of a run that may write."""
+        return self.main_process and not self.readonly
+
     def _settings_stamp_path(self, date: str, mtype: str, tag: str | None) -> Path:
         master = Path(self.master_path(date, mtype, tag))
         return Path(self.cfg["work_root"]) / "settings" / date / f"{master.stem}.json"
@@ -292,7 +297,7 @@ class Plans:
         listing for the rest of the DAG, so a stamp written in the folder after the first
         look would read as missing: all of a night's stamps exist before any is returned.
         """
-        if date in self._stamped or not self.main_process or self.readonly:
+        if date in self._stamped or not self._writes_stamps:
             return
         self._stamped.add(date)
         stems = set()
@@ -315,7 +320,7 @@ class Plans:
         """
         self.stamp_night(date)
         stamp = self._settings_stamp_path(date, mtype, tag)
-        if stamp not in self._stamps and self.main_process and not self.readonly:
+        if stamp not in self._stamps and self._writes_stamps:
             self._write_settings_stamp(date, mtype, tag)  # a master the plan cannot make
         return str(stamp)
 
@@ -371,7 +376,7 @@ class Plans:
         """
         self.stamp_night(date)
         stamp = self._identity_stamp_path(date, stem)
-        if stamp not in self._stamps and self.main_process and not self.readonly:
+        if stamp not in self._stamps and self._writes_stamps:
             self._write_identity_stamp(date, stem)  # a frame no master uses
         return str(stamp)
 

@@ -388,9 +388,9 @@ def night_report(
         all_warnings += record["warnings"]
         all_notes += record.get("notes", [])
         records.append(record)
-    solutions = [dict(w) for w in wavelength or []]
+    solutions = list(wavelength or [])
     for solution in solutions:
-        all_warnings += list(solution.get("warnings", []))
+        all_warnings += solution.get("warnings", [])
     return _clean(
         {
             "date": date,

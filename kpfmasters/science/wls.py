@@ -264,10 +264,8 @@ def guarded_degree(
     for d in range(degree, 0, -1):
         if d < degree and chi2red(d) > adequacy * max(reference, 1e-30):
             return d + 1
-        a = legendre.legvander(t, d) * weight[:, None]
-        try:
-            cov = np.linalg.inv(a.T @ a)
-        except np.linalg.LinAlgError:
+        cov = fit_covariance(t, weight, d)
+        if cov is None:
             continue
         ac = legendre.legvander(t_cols, d)
         var = np.einsum("ci,ij,cj->c", ac, cov, ac)
@@ -294,28 +292,35 @@ def monotonic(wave: np.ndarray) -> bool:
     return True
 
 
-def weighted_stats(resid_ms: np.ndarray, err_ms: np.ndarray) -> tuple[float, float]:
-    """Weighted rms of residuals and the standard error of their zero point.
+def weighted_rms(resid_ms: np.ndarray, err_ms: np.ndarray) -> float:
+    """Weighted rms sqrt(sum(w r^2) / sum(w)) of residuals (m/s), w = 1 / err^2; NaN for
+    none.
 
     Parameters
     ----------
     resid_ms, err_ms : ndarray, shape (n,)
-        Residuals and their 1-sigma errors (m/s); weights w = 1 / err^2.
-
-    Returns
-    -------
-    rms : float
-        sqrt(sum(w r^2) / sum(w)) (m/s).
-    sem : float
-        rms / sqrt(n) = sqrt(sum(w r^2) / n / sum(w)): the error of the weighted mean,
-        1 / sqrt(sum(w)), with the errors rescaled to the scatter actually seen (m/s).
+        Residuals and their 1-sigma errors (m/s).
     """
     w = 1.0 / np.asarray(err_ms, dtype=float) ** 2
     r = np.asarray(resid_ms, dtype=float)
     if len(r) == 0:
-        return float("nan"), float("nan")
-    rms = float(np.sqrt(np.sum(w * r * r) / np.sum(w)))
-    return rms, float(rms / np.sqrt(len(r)))
+        return float("nan")
+    return float(np.sqrt(np.sum(w * r * r) / np.sum(w)))
+
+
+def fit_covariance(t: np.ndarray, weight: np.ndarray, degree: int) -> np.ndarray | None:
+    """Covariance (A^T W A)^-1 of a weighted Legendre fit of ``degree`` to points at ``t``
+    (scaled variable) with weights ``weight`` (1 / sigma); None when singular.
+
+    Returns
+    -------
+    ndarray, shape (degree + 1, degree + 1), or None
+    """
+    a = legendre.legvander(t, degree) * weight[:, None]
+    try:
+        return np.linalg.inv(a.T @ a)
+    except np.linalg.LinAlgError:
+        return None
 
 
 def zero_point_error(
@@ -344,12 +349,8 @@ def zero_point_error(
     w = 1.0 / np.asarray(err_ms, dtype=float) ** 2
     r = np.asarray(resid_ms, dtype=float)
     n = len(r)
-    if n <= degree + 1:
-        return float("nan")
-    a = legendre.legvander(t, degree)
-    try:
-        cov = np.linalg.inv((a * w[:, None]).T @ a)
-    except np.linalg.LinAlgError:
+    cov = fit_covariance(t, np.sqrt(w), degree) if n > degree + 1 else None
+    if cov is None:
         return float("nan")
     g = legendre.legvander(t_cols, degree).mean(axis=0)
     return float(np.sqrt(max(g @ cov @ g, 0.0) * np.sum(w * r * r) / (n - degree - 1)))
@@ -499,16 +500,17 @@ def solve_row(
     base = np.interp(x, cols[have], prior_row[have])  # the prior at the lines
     # the line list's own uncertainty joins each line's (a comb's modes are exact)
     lam_err = np.hypot(x_err * dispersion(prior_row, x), settings.wave_error_ms * lam / C_MS)
+    y = lam - base  # what the series fits: the correction to the prior
     degree = choose_degree(n, settings)
-    coeffs, used = fit_legendre_clipped(x, lam - base, lam_err, ncol, degree, settings)
+    coeffs, used = fit_legendre_clipped(x, y, lam_err, ncol, degree, settings)
     if used.sum() > degree + 1:  # the guard looks at the lines the clipping kept
         guarded = guarded_degree(
-            t[used], (lam - base)[used], 1.0 / lam_err[used], t_all[watch], degree,
+            t[used], y[used], 1.0 / lam_err[used], t_all[watch], degree,
             settings.max_error_growth,
         )  # fmt: skip
         if guarded < degree:
             degree = guarded
-            coeffs, used = fit_legendre_clipped(x, lam - base, lam_err, ncol, degree, settings)
+            coeffs, used = fit_legendre_clipped(x, y, lam_err, ncol, degree, settings)
     resid = C_MS * (base + legendre.legval(t, coeffs) - lam) / lam
     if used.sum() < settings.min_lines:
         return RowSolution(
@@ -524,11 +526,10 @@ def solve_row(
             prior_row.copy(), np.zeros(0), 0, np.zeros(n, bool), resid, np.nan, np.nan,
             STATUS_PRIOR,
             f"lines span {span:.0%} of the row's columns, less than "
-            f"{settings.min_coverage:.0%}: "
-            "prior kept",
+            f"{settings.min_coverage:.0%}: prior kept",
         )  # fmt: skip
     err_ms = C_MS * lam_err / lam
-    rms, _ = weighted_stats(resid[used], err_ms[used])
+    rms = weighted_rms(resid[used], err_ms[used])
     wave = prior_row + legendre.legval(t_all, coeffs)
     sem = zero_point_error(t[used], resid[used], err_ms[used], t_all[watch], degree)
     return RowSolution(wave, coeffs, degree, used, resid, rms, sem, STATUS_FIT)

@@ -372,24 +372,30 @@ def centre_error_limit(
 
 
 def solution_error_limit(
-    x: np.ndarray, sigma_lambda: np.ndarray, ncol: int, degree: int, wave_row: np.ndarray
+    x: np.ndarray,
+    sigma_lambda: np.ndarray,
+    ncol: int,
+    degree: int,
+    wave_row: np.ndarray,
+    columns: np.ndarray | None = None,
 ) -> float:
     """rms over the columns of the velocity error of a weighted Legendre fit.
 
     For lines at columns ``x`` with independent wavelength errors ``sigma_lambda``
     (Angstrom), the fit's covariance is (A^T W A)^-1 with the Legendre design matrix A and
-    W = 1 / sigma_lambda^2; its variance at every column is propagated and returned as
-    sqrt(mean over columns of (c * sigma_fit(x) / lambda(x))^2) in m/s.
+    W = 1 / sigma_lambda^2; its variance at every column (or at ``columns``: a trace's
+    extent) is propagated and returned as sqrt(mean over them of
+    (c * sigma_fit(x) / lambda(x))^2) in m/s.
     """
     from numpy.polynomial import legendre
 
+    cols = np.arange(ncol) if columns is None else np.asarray(columns)
     t = 2.0 * x / (ncol - 1) - 1.0
     a = legendre.legvander(t, degree)
     cov = np.linalg.inv((a / sigma_lambda[:, None] ** 2).T @ a)
-    tc = 2.0 * np.arange(ncol) / (ncol - 1) - 1.0
-    ac = legendre.legvander(tc, degree)
+    ac = legendre.legvander(2.0 * cols / (ncol - 1) - 1.0, degree)
     var = np.einsum("ci,ij,cj->c", ac, cov, ac)
-    return float(np.sqrt(np.mean(var * (C_MS / wave_row) ** 2)))
+    return float(np.sqrt(np.mean(var * (C_MS / wave_row[cols]) ** 2)))
 
 
 # --------------------------------------------------------------------------- simulated nights
